@@ -1,0 +1,202 @@
+//! The captured request: what nginx accepted, minus hop-by-hop headers, ready to replay.
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Uri};
+
+/// Headers that describe one connection, not the request (RFC 9110 §7.6.1), plus
+/// the legacy `Proxy-Connection`; never forwarded to a mirror.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Why a request cannot be replayed as a copy; the copy is counted `skipped`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CaptureError {
+    Method,
+    Uri,
+    Header(String),
+}
+
+impl std::fmt::Display for CaptureError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CaptureError::Method => f.write_str("method not representable"),
+            CaptureError::Uri => f.write_str("request URI not representable"),
+            CaptureError::Header(n) => write!(f, "header \"{n}\" not representable"),
+        }
+    }
+}
+
+/// An immutable snapshot of the client request, shared by every target's copy.
+#[derive(Debug, Clone)]
+pub struct RequestHead {
+    pub method: Method,
+    /// `$request_uri`: path and query exactly as the client sent them.
+    pub request_uri: Bytes,
+    pub headers: HeaderMap,
+}
+
+/// Header edits from `async_mirror_set_header` and the mark header, evaluated by nginx.
+#[derive(Debug, Default, Clone)]
+pub struct HeaderEdits<'a> {
+    /// `(name, value)`; an empty value removes the header.
+    pub set: Vec<(&'a [u8], &'a [u8])>,
+    /// Loop-guard header added with value `1`.
+    pub mark: Option<&'a [u8]>,
+}
+
+impl RequestHead {
+    /// Builds the snapshot from raw parts as nginx holds them.
+    ///
+    /// # Errors
+    /// When the method, URI or a header cannot be expressed as a valid HTTP/1.1
+    /// request (nginx is more lenient than the `http` crate in places).
+    pub fn capture<'h>(
+        method: &[u8],
+        request_uri: &[u8],
+        headers: impl Iterator<Item = (&'h [u8], &'h [u8])> + Clone,
+        edits: &HeaderEdits<'_>,
+    ) -> Result<RequestHead, CaptureError> {
+        let method = Method::from_bytes(method).map_err(|_| CaptureError::Method)?;
+        if request_uri.first() != Some(&b'/') && request_uri != b"*" {
+            return Err(CaptureError::Uri);
+        }
+        // Checked here, on the capture path, so building the request later cannot fail.
+        Uri::from_maybe_shared(Bytes::copy_from_slice(request_uri)).map_err(|_| CaptureError::Uri)?;
+
+        let mut drop_named: Vec<&[u8]> = Vec::new();
+        for (name, value) in headers.clone() {
+            if name.eq_ignore_ascii_case(b"connection") {
+                drop_named.extend(value.split(|&b| b == b',').map(trim).filter(|t| !t.is_empty()));
+            }
+        }
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            if HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+                || drop_named.iter().any(|d| name.eq_ignore_ascii_case(d))
+            {
+                continue;
+            }
+            let header = |e| CaptureError::Header(String::from_utf8_lossy(e).into_owned());
+            let n = HeaderName::from_bytes(name).map_err(|_| header(name))?;
+            let v = HeaderValue::from_bytes(value).map_err(|_| header(name))?;
+            map.append(n, v);
+        }
+        for (name, value) in &edits.set {
+            let header = || CaptureError::Header(String::from_utf8_lossy(name).into_owned());
+            let n = HeaderName::from_bytes(name).map_err(|_| header())?;
+            map.remove(&n);
+            if !value.is_empty() {
+                map.insert(n, HeaderValue::from_bytes(value).map_err(|_| header())?);
+            }
+        }
+        if let Some(mark) = edits.mark {
+            let n = HeaderName::from_bytes(mark).map_err(|_| CaptureError::Header("mark".into()))?;
+            map.insert(n, HeaderValue::from_static("1"));
+        }
+        Ok(RequestHead { method, request_uri: Bytes::copy_from_slice(request_uri), headers: map })
+    }
+
+    /// Rough heap footprint, charged against the backlog byte budget.
+    pub fn weight(&self) -> usize {
+        let headers: usize = self.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 32).sum();
+        std::mem::size_of::<Self>() + self.request_uri.len() + headers
+    }
+
+    /// The copy for one target: prefix + `$request_uri`, `Host` kept (or the target's authority).
+    pub fn to_request<B>(&self, prefix: &str, authority: &str, body: B) -> Request<B> {
+        let path = if prefix.is_empty() {
+            self.request_uri.clone()
+        } else {
+            let mut p = Vec::with_capacity(prefix.len() + self.request_uri.len());
+            p.extend_from_slice(prefix.as_bytes());
+            p.extend_from_slice(&self.request_uri);
+            Bytes::from(p)
+        };
+        let uri = Uri::from_maybe_shared(path).unwrap_or_else(|_| Uri::from_static("/"));
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = uri;
+        *req.headers_mut() = self.headers.clone();
+        if !req.headers().contains_key(http::header::HOST) {
+            if let Ok(v) = HeaderValue::from_str(authority) {
+                req.headers_mut().insert(http::header::HOST, v);
+            }
+        }
+        req
+    }
+}
+
+fn trim(s: &[u8]) -> &[u8] {
+    let start = s.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(s.len());
+    let end = s.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    &s[start..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hdrs(list: &[(&'static str, &'static str)]) -> Vec<(&'static [u8], &'static [u8])> {
+        list.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())).collect()
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_named_headers() {
+        let h = hdrs(&[
+            ("Host", "example.com"),
+            ("Connection", "keep-alive, X-Private"),
+            ("X-Private", "secret"),
+            ("Keep-Alive", "timeout=5"),
+            ("TE", "trailers"),
+            ("X-Custom", "a"),
+            ("X-Custom", "b"),
+        ]);
+        let head = RequestHead::capture(b"GET", b"/p?q=1", h.iter().copied(), &HeaderEdits::default())
+            .unwrap();
+        let names: Vec<_> = head.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["host", "x-custom"]);
+        assert_eq!(head.headers.get_all("x-custom").iter().count(), 2);
+        let req = head.to_request("/shadow", "mirror:8080", ());
+        assert_eq!(req.uri(), "/shadow/p?q=1");
+        assert_eq!(req.headers()["host"], "example.com");
+    }
+
+    #[test]
+    fn applies_edits_and_mark() {
+        let h = hdrs(&[("X-A", "1"), ("X-B", "2")]);
+        let edits = HeaderEdits {
+            set: vec![(b"X-A", b"over"), (b"X-B", b""), (b"X-New", b"n")],
+            mark: Some(b"X-Async-Mirror"),
+        };
+        let head = RequestHead::capture(b"DELETE", b"/", h.iter().copied(), &edits).unwrap();
+        assert_eq!(head.headers["x-a"], "over");
+        assert!(!head.headers.contains_key("x-b"));
+        assert_eq!(head.headers["x-new"], "n");
+        assert_eq!(head.headers["x-async-mirror"], "1");
+        let req = head.to_request("", "127.0.0.1:9", ());
+        assert_eq!(req.headers()["host"], "127.0.0.1:9");
+        assert_eq!(req.method(), Method::DELETE);
+        assert!(head.weight() > 0);
+    }
+
+    #[test]
+    fn rejects_unrepresentable() {
+        let none = Vec::<(&[u8], &[u8])>::new();
+        let e = HeaderEdits::default();
+        assert_eq!(RequestHead::capture(b"G T", b"/", none.iter().copied(), &e).unwrap_err(), CaptureError::Method);
+        assert_eq!(RequestHead::capture(b"GET", b"http://x/", none.iter().copied(), &e).unwrap_err(), CaptureError::Uri);
+        let bad = hdrs(&[("X-Ctl", "a\u{1}b")]);
+        assert!(matches!(
+            RequestHead::capture(b"GET", b"/", bad.iter().copied(), &e),
+            Err(CaptureError::Header(_))
+        ));
+    }
+}

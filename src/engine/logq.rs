@@ -1,0 +1,77 @@
+//! Error reports from runtime threads to the nginx thread, rate-limited per target.
+//!
+//! Runtime threads must not call nginx's logger, so they leave reports here and
+//! a timer on the nginx thread takes them at most once a second: per target the
+//! first message of the interval plus how many more were suppressed. Memory is
+//! one string per target whatever the error rate.
+
+use std::sync::Mutex;
+
+#[derive(Debug, Default)]
+struct Slot {
+    first: Option<String>,
+    suppressed: u64,
+}
+
+#[derive(Debug)]
+pub struct LogQueue {
+    slots: Mutex<Vec<Slot>>,
+}
+
+/// One line for the error log.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Report {
+    pub target: usize,
+    pub message: String,
+    pub suppressed: u64,
+}
+
+impl LogQueue {
+    pub fn new(targets: usize) -> LogQueue {
+        LogQueue { slots: Mutex::new((0..targets).map(|_| Slot::default()).collect()) }
+    }
+
+    /// Called from runtime threads.
+    pub fn push(&self, target: usize, message: impl FnOnce() -> String) {
+        let Ok(mut slots) = self.slots.lock() else { return };
+        if let Some(slot) = slots.get_mut(target) {
+            if slot.first.is_none() {
+                slot.first = Some(message());
+            } else {
+                slot.suppressed += 1;
+            }
+        }
+    }
+
+    /// Called from the nginx thread; never waits for the lock (a busy lock means next tick).
+    pub fn take(&self) -> Vec<Report> {
+        let Ok(mut slots) = self.slots.try_lock() else { return Vec::new() };
+        let mut out = Vec::new();
+        for (target, slot) in slots.iter_mut().enumerate() {
+            if let Some(message) = slot.first.take() {
+                out.push(Report { target, message, suppressed: std::mem::take(&mut slot.suppressed) });
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_report_per_target_per_take() {
+        let q = LogQueue::new(2);
+        for i in 0..5 {
+            q.push(1, || format!("refused {i}"));
+        }
+        q.push(0, || "timeout".into());
+        q.push(7, || "unknown target ignored".into());
+        let r = q.take();
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0], Report { target: 0, message: "timeout".into(), suppressed: 0 });
+        assert_eq!(r[1], Report { target: 1, message: "refused 0".into(), suppressed: 4 });
+        assert!(q.take().is_empty());
+    }
+}

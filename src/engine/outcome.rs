@@ -1,0 +1,211 @@
+//! The fixed set of ways a copy can end, and the per-target counters for them.
+//!
+//! Every copy that is attempted ends in exactly one [`Outcome`]; [`Ticket`]
+//! makes that structural: it counts the attempt when created and records
+//! `dropped{shutdown}` if it is dropped without an outcome (queued or
+//! in-flight work torn down with the runtime).
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailReason {
+    Connect,
+    Timeout,
+    Reset,
+    BodyAborted,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    QueueFull,
+    BodyTooLarge,
+    BreakerOpen,
+    RateLimited,
+    Shutdown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The mirror answered 2xx or 3xx.
+    Ok,
+    Status4xx,
+    Status5xx,
+    Failed(FailReason),
+    Dropped(DropReason),
+    /// Not copyable (upgrade, loop guard, body not yet supported, unrepresentable request).
+    Skipped,
+}
+
+impl Outcome {
+    /// Every outcome, in counter-slot order.
+    pub const ALL: [Outcome; 12] = [
+        Outcome::Ok,
+        Outcome::Status4xx,
+        Outcome::Status5xx,
+        Outcome::Failed(FailReason::Connect),
+        Outcome::Failed(FailReason::Timeout),
+        Outcome::Failed(FailReason::Reset),
+        Outcome::Failed(FailReason::BodyAborted),
+        Outcome::Dropped(DropReason::QueueFull),
+        Outcome::Dropped(DropReason::BodyTooLarge),
+        Outcome::Dropped(DropReason::BreakerOpen),
+        Outcome::Dropped(DropReason::RateLimited),
+        Outcome::Dropped(DropReason::Shutdown),
+    ];
+    pub const COUNT: usize = Self::ALL.len() + 1;
+
+    pub fn slot(self) -> usize {
+        match self {
+            Outcome::Skipped => Self::ALL.len(),
+            o => Self::ALL.iter().position(|x| *x == o).unwrap_or(Self::ALL.len()),
+        }
+    }
+
+    pub fn from_slot(i: usize) -> Outcome {
+        Self::ALL.get(i).copied().unwrap_or(Outcome::Skipped)
+    }
+
+    /// Outcome label, as in metrics: `ok`, `status_4xx`, `failed`, `dropped`, `skipped`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Status4xx => "status_4xx",
+            Outcome::Status5xx => "status_5xx",
+            Outcome::Failed(_) => "failed",
+            Outcome::Dropped(_) => "dropped",
+            Outcome::Skipped => "skipped",
+        }
+    }
+
+    /// Reason label for failed/dropped outcomes, empty otherwise.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Outcome::Failed(r) => match r {
+                FailReason::Connect => "connect",
+                FailReason::Timeout => "timeout",
+                FailReason::Reset => "reset",
+                FailReason::BodyAborted => "body_aborted",
+            },
+            Outcome::Dropped(r) => match r {
+                DropReason::QueueFull => "queue_full",
+                DropReason::BodyTooLarge => "body_too_large",
+                DropReason::BreakerOpen => "breaker_open",
+                DropReason::RateLimited => "rate_limited",
+                DropReason::Shutdown => "shutdown",
+            },
+            _ => "",
+        }
+    }
+
+    /// Maps a mirror's status code to its class outcome.
+    pub fn from_status(code: u16) -> Outcome {
+        match code {
+            400..=499 => Outcome::Status4xx,
+            500.. => Outcome::Status5xx,
+            _ => Outcome::Ok,
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    /// `ok`, `failed_connect`, `dropped_queue_full`: the key used in log lines.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.reason() {
+            "" => f.write_str(self.label()),
+            r => write!(f, "{}_{}", self.label(), r),
+        }
+    }
+}
+
+/// Per-target, per-worker counters; written from both the nginx thread and the runtime.
+#[derive(Debug, Default)]
+pub struct TargetStats {
+    pub attempted: AtomicU64,
+    outcomes: [AtomicU64; Outcome::COUNT],
+    pub connections_opened: AtomicU64,
+    pub inflight: AtomicI64,
+}
+
+impl TargetStats {
+    pub fn record(&self, o: Outcome) {
+        self.outcomes[o.slot()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, o: Outcome) -> u64 {
+        self.outcomes[o.slot()].load(Ordering::Relaxed)
+    }
+
+    pub fn finished(&self) -> u64 {
+        self.outcomes.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// One line of `key=value` pairs with every counter, for the exit log.
+    pub fn summary(&self) -> String {
+        let mut s = format!("attempted={}", self.attempted.load(Ordering::Relaxed));
+        for i in 0..Outcome::COUNT {
+            let o = Outcome::from_slot(i);
+            s.push_str(&format!(" {}={}", o, self.get(o)));
+        }
+        s.push_str(&format!(" connections_opened={}", self.connections_opened.load(Ordering::Relaxed)));
+        s
+    }
+}
+
+/// One attempted copy to one target; see the module docs.
+#[derive(Debug)]
+pub struct Ticket {
+    stats: Arc<TargetStats>,
+    done: bool,
+}
+
+impl Ticket {
+    pub fn new(stats: Arc<TargetStats>) -> Ticket {
+        stats.attempted.fetch_add(1, Ordering::Relaxed);
+        Ticket { stats, done: false }
+    }
+
+    pub fn finish(mut self, o: Outcome) {
+        self.done = true;
+        self.stats.record(o);
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if !self.done {
+            self.stats.record(Outcome::Dropped(DropReason::Shutdown));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_round_trip() {
+        for i in 0..Outcome::COUNT {
+            assert_eq!(Outcome::from_slot(i).slot(), i);
+        }
+        assert_eq!(Outcome::Skipped.to_string(), "skipped");
+        assert_eq!(Outcome::Dropped(DropReason::QueueFull).to_string(), "dropped_queue_full");
+        assert_eq!(Outcome::from_status(204), Outcome::Ok);
+        assert_eq!(Outcome::from_status(302), Outcome::Ok);
+        assert_eq!(Outcome::from_status(404), Outcome::Status4xx);
+        assert_eq!(Outcome::from_status(503), Outcome::Status5xx);
+    }
+
+    #[test]
+    fn every_ticket_ends_in_one_outcome() {
+        let stats = Arc::new(TargetStats::default());
+        Ticket::new(stats.clone()).finish(Outcome::Ok);
+        drop(Ticket::new(stats.clone()));
+        Ticket::new(stats.clone()).finish(Outcome::Skipped);
+        assert_eq!(stats.attempted.load(Ordering::Relaxed), 3);
+        assert_eq!(stats.finished(), 3);
+        assert_eq!(stats.get(Outcome::Dropped(DropReason::Shutdown)), 1);
+        assert!(stats.summary().starts_with("attempted=3 ok=1 "));
+    }
+}

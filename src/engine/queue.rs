@@ -1,0 +1,85 @@
+//! Per-worker backlog admission: a job count and a byte budget, both atomics.
+//!
+//! The nginx thread asks [`Backlog::has_room`] before it captures anything,
+//! so a drop under overload costs two atomic loads and no allocation.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+#[derive(Debug)]
+pub struct Backlog {
+    jobs: AtomicUsize,
+    bytes: AtomicUsize,
+    max_jobs: usize,
+    max_bytes: usize,
+}
+
+/// Room held in the backlog until the job leaves the queue for a connection.
+#[derive(Debug)]
+pub struct Reservation {
+    backlog: Arc<Backlog>,
+    bytes: usize,
+}
+
+impl Backlog {
+    pub fn new(max_jobs: usize, max_bytes: usize) -> Arc<Backlog> {
+        Arc::new(Backlog { jobs: AtomicUsize::new(0), bytes: AtomicUsize::new(0), max_jobs, max_bytes })
+    }
+
+    /// Cheap pre-check; a `true` may still lose the race in [`Backlog::reserve`].
+    pub fn has_room(&self) -> bool {
+        self.jobs.load(Ordering::Relaxed) < self.max_jobs
+            && self.bytes.load(Ordering::Relaxed) < self.max_bytes
+    }
+
+    /// Takes one job slot and `bytes` of the budget, or nothing.
+    pub fn reserve(self: &Arc<Self>, bytes: usize) -> Option<Reservation> {
+        if self.jobs.fetch_add(1, Ordering::AcqRel) >= self.max_jobs {
+            self.jobs.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        let before = self.bytes.fetch_add(bytes, Ordering::AcqRel);
+        if before.saturating_add(bytes) > self.max_bytes {
+            self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+            self.jobs.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Reservation { backlog: self.clone(), bytes })
+    }
+
+    pub fn jobs(&self) -> usize {
+        self.jobs.load(Ordering::Relaxed)
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.backlog.bytes.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.backlog.jobs.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_jobs_and_bytes() {
+        let b = Backlog::new(2, 100);
+        let r1 = b.reserve(40).unwrap();
+        let r2 = b.reserve(40).unwrap();
+        assert!(!b.has_room());
+        assert!(b.reserve(1).is_none(), "job limit");
+        drop(r1);
+        assert!(b.reserve(70).is_none(), "byte limit");
+        assert_eq!((b.jobs(), b.bytes()), (1, 40));
+        let r3 = b.reserve(60).unwrap();
+        drop((r2, r3));
+        assert_eq!((b.jobs(), b.bytes()), (0, 0));
+        assert!(b.has_room());
+    }
+}

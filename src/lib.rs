@@ -1,0 +1,12 @@
+//! nginx-async-mirror: copies live requests to mirror targets from a Tokio
+//! runtime inside each nginx worker, so the client never waits for a mirror.
+//!
+//! `engine` is plain Rust; `ngx` is the only place that touches nginx.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod engine;
+
+// The nginx glue references symbols that only the nginx binary provides, so
+// unit-test builds of this crate leave it out.
+#[cfg(not(test))]
+mod ngx;
