@@ -30,10 +30,16 @@ pub type CopyBody = BoxBody<Bytes, BoxError>;
 /// Per-target connection settings (from the http-level directives).
 #[derive(Debug, Clone, Copy)]
 pub struct ClientSettings {
-    pub connect_timeout: Duration,
-    pub timeout: Duration,
     pub keepalive_timeout: Duration,
     pub max_connections: usize,
+}
+
+/// Per-copy limits, from the location that made the copy.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// Whole exchange: sending the request to the last byte of the response.
+    pub total: Duration,
 }
 
 struct Idle {
@@ -67,29 +73,27 @@ impl Target {
     }
 
     /// Sends one copy and reads the whole response; the caller holds a permit.
-    pub async fn deliver(&self, head: &RequestHead) -> Outcome {
+    pub async fn deliver(&self, head: &RequestHead, limits: Timeouts) -> Outcome {
         // A pooled connection the mirror closed meanwhile fails before anything is
         // sent; that one case is retried once on a fresh connection.
         if let Some(sender) = self.checkout() {
-            match self.exchange(sender, head).await {
+            match self.exchange(sender, head, limits.total).await {
                 Err(Failure::Stale) => {}
                 done => return self.settle(done),
             }
         }
-        let sender = match self.connect().await {
+        let sender = match self.connect(limits.connect).await {
             Ok(s) => s,
             Err(o) => return o,
         };
-        self.settle(self.exchange(sender, head).await)
+        self.settle(self.exchange(sender, head, limits.total).await)
     }
 
     fn settle(&self, r: Result<Outcome, Failure>) -> Outcome {
         match r {
             Ok(o) => o,
             Err(Failure::Stale) => self.fail(FailReason::Reset, "connection closed by mirror".into()),
-            Err(Failure::Timeout) => {
-                self.fail(FailReason::Timeout, format!("timed out after {:?}", self.settings.timeout))
-            }
+            Err(Failure::Timeout) => self.fail(FailReason::Timeout, "mirror timed out".into()),
             Err(Failure::Http(e)) => self.fail(FailReason::Reset, e.to_string()),
         }
     }
@@ -124,14 +128,13 @@ impl Target {
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<CopyBody>, Outcome> {
+    async fn connect(&self, limit: Duration) -> Result<SendRequest<CopyBody>, Outcome> {
         let addr = self.spec.addr;
-        let stream = match timeout(self.settings.connect_timeout, TcpStream::connect(addr)).await {
+        let stream = match timeout(limit, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(self.fail(FailReason::Connect, format!("connect() to {addr} failed: {e}"))),
             Err(_) => {
-                let t = self.settings.connect_timeout;
-                return Err(self.fail(FailReason::Connect, format!("connect() to {addr} timed out after {t:?}")));
+                return Err(self.fail(FailReason::Connect, format!("connect() to {addr} timed out after {limit:?}")));
             }
         };
         self.stats.connections_opened.fetch_add(1, Ordering::Relaxed);
@@ -146,7 +149,12 @@ impl Target {
         Ok(sender)
     }
 
-    async fn exchange(&self, mut sender: SendRequest<CopyBody>, head: &RequestHead) -> Result<Outcome, Failure> {
+    async fn exchange(
+        &self,
+        mut sender: SendRequest<CopyBody>,
+        head: &RequestHead,
+        limit: Duration,
+    ) -> Result<Outcome, Failure> {
         let req = head.to_request(&self.spec.prefix, &self.authority, empty_body());
         let work = async {
             let resp = sender.send_request(req).await.map_err(|e| {
@@ -163,7 +171,7 @@ impl Target {
             }
             Ok(outcome)
         };
-        timeout(self.settings.timeout, work).await.unwrap_or(Err(Failure::Timeout))
+        timeout(limit, work).await.unwrap_or(Err(Failure::Timeout))
     }
 }
 

@@ -12,7 +12,7 @@ pub mod parse;
 pub mod queue;
 pub mod runtime;
 
-pub use client::ClientSettings;
+pub use client::{ClientSettings, Timeouts};
 pub use job::{HeaderEdits, RequestHead};
 pub use outcome::{DropReason, Outcome, TargetStats, Ticket};
 pub use parse::TargetSpec;

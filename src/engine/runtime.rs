@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
-use super::client::{ClientSettings, Target};
+use super::client::{ClientSettings, Target, Timeouts};
 use super::job::RequestHead;
 use super::logq::LogQueue;
 use super::outcome::{DropReason, Outcome, TargetStats, Ticket};
@@ -26,6 +26,7 @@ pub struct EngineSettings {
 
 struct Job {
     head: Arc<RequestHead>,
+    limits: Timeouts,
     ticket: Ticket,
     reservation: Reservation,
 }
@@ -90,13 +91,13 @@ impl Engine {
     }
 
     /// Queues one copy without waiting; a full backlog ends it as `dropped{queue_full}`.
-    pub fn submit(&self, index: usize, head: &Arc<RequestHead>, ticket: Ticket) {
+    pub fn submit(&self, index: usize, head: &Arc<RequestHead>, limits: Timeouts, ticket: Ticket) {
         let Some(reservation) = self.backlog.reserve(head.weight()) else {
             return ticket.finish(Outcome::Dropped(DropReason::QueueFull));
         };
         let Some(tx) = self.senders.get(index) else { return ticket.finish(Outcome::Skipped) };
         // A closed channel returns the job, whose ticket then counts `dropped{shutdown}`.
-        let _ = tx.send(Job { head: head.clone(), ticket, reservation });
+        let _ = tx.send(Job { head: head.clone(), limits, ticket, reservation });
     }
 
     pub fn queued_jobs(&self) -> usize {
@@ -137,14 +138,14 @@ async fn dispatch(target: Arc<Target>, mut rx: UnboundedReceiver<Job>) {
             job = rx.recv() => job,
             _ = sweep.tick() => { target.sweep(); continue; }
         };
-        let Some(Job { head, ticket, reservation }) = job else { break };
+        let Some(Job { head, limits, ticket, reservation }) = job else { break };
         // Waiting here keeps the job in the backlog: the connection cap is the in-flight cap.
         let Ok(permit) = target.permits.clone().acquire_owned().await else { break };
         drop(reservation);
         target.stats.inflight.fetch_add(1, Ordering::Relaxed);
         let t = target.clone();
         tokio::spawn(async move {
-            let outcome = t.deliver(&head).await;
+            let outcome = t.deliver(&head, limits).await;
             t.stats.inflight.fetch_sub(1, Ordering::Relaxed);
             ticket.finish(outcome);
             drop(permit);

@@ -1,0 +1,133 @@
+//! Configuration as nginx stores it: one main conf per `http{}`, one location
+//! conf per level. Fields are `Option` while unset; defaults live in [`defaults`]
+//! and are applied only by merge/init, exactly like core nginx directives.
+
+use std::time::Duration;
+
+use ngx::ffi::ngx_http_complex_value_t;
+use ngx::http::{Merge, MergeConfigError};
+
+use crate::engine::{ClientSettings, EngineSettings, TargetSpec};
+
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const MARK_HEADER: &str = "X-Async-Mirror";
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+    pub const TIMEOUT: Duration = Duration::from_secs(5);
+    pub const MAX_CONNECTIONS: usize = 32;
+    pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const QUEUE_SIZE: usize = 4096;
+    pub const QUEUE_BYTES: usize = 32 << 20;
+    pub const THREADS: usize = 1;
+    pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+}
+
+/// http-level settings and the registry of every target named anywhere in `http{}`.
+#[derive(Debug, Default)]
+pub struct MainConf {
+    /// Distinct targets by URL; location confs refer to them by index, so each
+    /// target has one pool and one set of counters per worker.
+    pub targets: Vec<TargetSpec>,
+    pub max_connections: Option<usize>,
+    pub keepalive_timeout: Option<Duration>,
+    pub queue_size: Option<usize>,
+    pub queue_bytes: Option<usize>,
+    pub threads: Option<usize>,
+    pub drain_timeout: Option<Duration>,
+}
+
+impl MainConf {
+    /// Index of `spec` in the registry, adding it if new.
+    pub fn register(&mut self, spec: TargetSpec) -> usize {
+        match self.targets.iter().position(|t| t.url == spec.url) {
+            Some(i) => i,
+            None => {
+                self.targets.push(spec);
+                self.targets.len() - 1
+            }
+        }
+    }
+
+    pub fn engine_settings(&self) -> EngineSettings {
+        EngineSettings {
+            threads: self.threads.unwrap_or(defaults::THREADS),
+            queue_size: self.queue_size.unwrap_or(defaults::QUEUE_SIZE),
+            queue_bytes: self.queue_bytes.unwrap_or(defaults::QUEUE_BYTES),
+            client: ClientSettings {
+                max_connections: self.max_connections.unwrap_or(defaults::MAX_CONNECTIONS),
+                keepalive_timeout: self.keepalive_timeout.unwrap_or(defaults::KEEPALIVE_TIMEOUT),
+            },
+        }
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        self.drain_timeout.unwrap_or(defaults::DRAIN_TIMEOUT)
+    }
+}
+
+/// `async_mirror_set_header NAME VALUE`; the value may hold variables.
+#[derive(Debug)]
+pub struct SetHeader {
+    pub name: String,
+    pub value: *mut ngx_http_complex_value_t,
+}
+
+#[derive(Debug, Default)]
+pub struct LocConf {
+    /// Target indices; `Some(empty)` is `async_mirror off`.
+    pub mirrors: Option<Vec<usize>>,
+    pub set_headers: Option<Vec<SetHeader>>,
+    pub conditions: Option<Vec<*mut ngx_http_complex_value_t>>,
+    /// `Some(None)` is `async_mirror_mark_header off`.
+    pub mark_header: Option<Option<String>>,
+    pub connect_timeout: Option<Duration>,
+    pub timeout: Option<Duration>,
+}
+
+impl LocConf {
+    pub fn mirrors(&self) -> &[usize] {
+        self.mirrors.as_deref().unwrap_or(&[])
+    }
+
+    pub fn mark_header(&self) -> Option<&str> {
+        self.mark_header.as_ref().map_or(Some(defaults::MARK_HEADER), |m| m.as_deref())
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout.unwrap_or(defaults::CONNECT_TIMEOUT)
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout.unwrap_or(defaults::TIMEOUT)
+    }
+}
+
+fn inherit<T>(this: &mut Option<Vec<T>>, prev: &Option<Vec<T>>)
+where
+    T: Copy,
+{
+    if this.is_none() {
+        *this = prev.clone();
+    }
+}
+
+impl Merge for LocConf {
+    /// A level that sets any value of a list directive replaces the inherited
+    /// list, as with `proxy_set_header`; scalars inherit when unset.
+    fn merge(&mut self, prev: &LocConf) -> Result<(), MergeConfigError> {
+        inherit(&mut self.mirrors, &prev.mirrors);
+        inherit(&mut self.conditions, &prev.conditions);
+        if self.set_headers.is_none() {
+            self.set_headers = prev.set_headers.as_ref().map(|v| {
+                v.iter().map(|h| SetHeader { name: h.name.clone(), value: h.value }).collect()
+            });
+        }
+        if self.mark_header.is_none() {
+            self.mark_header = prev.mark_header.clone();
+        }
+        self.connect_timeout = self.connect_timeout.or(prev.connect_timeout);
+        self.timeout = self.timeout.or(prev.timeout);
+        Ok(())
+    }
+}

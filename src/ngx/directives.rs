@@ -1,0 +1,232 @@
+//! The directive table and its setters.
+//!
+//! Each setter is a plain function over already-converted arguments; the
+//! `directive!` wrapper does the FFI: argument conversion, panic catching and
+//! turning an error into `[emerg] async_mirror: ... in FILE:LINE`.
+
+use std::ffi::{c_char, c_void};
+use std::ptr;
+use std::time::Duration;
+
+use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
+use ngx::ffi::{
+    NGX_CONF_1MORE, NGX_CONF_TAKE1, NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
+    NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG, NGX_OK,
+    ngx_command_t, ngx_conf_t, ngx_http_compile_complex_value, ngx_http_compile_complex_value_t,
+    ngx_http_complex_value_t, ngx_pcalloc, ngx_str_t, ngx_uint_t,
+};
+use ngx::http::HttpModuleMainConf;
+use ngx::{ngx_conf_log_error, ngx_string};
+
+use super::conf::{LocConf, MainConf, SetHeader};
+use super::module::Module;
+use crate::engine::parse;
+
+enum ConfError {
+    /// nginx's own wording: `"NAME" directive is duplicate`.
+    Duplicate,
+    Msg(String),
+}
+
+impl From<String> for ConfError {
+    fn from(s: String) -> Self {
+        ConfError::Msg(s)
+    }
+}
+
+type Setter<C> = fn(&mut ngx_conf_t, &mut C, &[&str]) -> Result<(), ConfError>;
+
+/// Runs a setter for nginx; never lets a panic or an error escape unlogged.
+fn run<C>(cf: *mut ngx_conf_t, conf: *mut c_void, setter: Setter<C>) -> *mut c_char {
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // SAFETY: nginx calls setters with a valid cf whose args array holds ngx_str_t,
+        // and conf points to this module's conf of the type the command table names.
+        let (cfr, conf) = unsafe { (&mut *cf, &mut *conf.cast::<C>()) };
+        let raw: &[ngx_str_t] = unsafe { (*cfr.args).as_slice() };
+        let mut args = Vec::with_capacity(raw.len());
+        for a in raw {
+            let bytes = a.as_bytes();
+            args.push(std::str::from_utf8(bytes).map_err(|_| {
+                ConfError::Msg(format!("invalid UTF-8 in \"{}\"", String::from_utf8_lossy(bytes)))
+            })?);
+        }
+        setter(cfr, conf, &args[1..])
+    }));
+    match result {
+        Ok(Ok(())) => NGX_CONF_OK,
+        Ok(Err(ConfError::Duplicate)) => c"is duplicate".as_ptr().cast_mut(),
+        Ok(Err(ConfError::Msg(m))) => {
+            ngx_conf_log_error!(NGX_LOG_EMERG, cf, "async_mirror: {m}");
+            NGX_CONF_ERROR
+        }
+        Err(_) => {
+            ngx_conf_log_error!(NGX_LOG_EMERG, cf, "async_mirror: internal error while parsing");
+            NGX_CONF_ERROR
+        }
+    }
+}
+
+macro_rules! directive {
+    ($name:ident, $conf:ty, $setter:expr) => {
+        extern "C" fn $name(
+            cf: *mut ngx_conf_t,
+            _cmd: *mut ngx_command_t,
+            conf: *mut c_void,
+        ) -> *mut c_char {
+            run::<$conf>(cf, conf, $setter)
+        }
+    };
+}
+
+fn set_once<T>(slot: &mut Option<T>, value: T) -> Result<(), ConfError> {
+    if slot.is_some() {
+        return Err(ConfError::Duplicate);
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+fn positive_time(s: &str) -> Result<Duration, String> {
+    match parse::parse_time(s)? {
+        Duration::ZERO => Err(format!("invalid time \"{s}\" (must be greater than 0)")),
+        t => Ok(t),
+    }
+}
+
+/// Compiles an argument that may contain variables.
+fn complex_value(cf: &mut ngx_conf_t, arg: &str) -> Result<*mut ngx_http_complex_value_t, ConfError> {
+    // The argument lives in cf->pool for the life of the configuration, as the
+    // compiled value requires.
+    let mut value = ngx_str_t { len: arg.len(), data: arg.as_ptr().cast_mut() };
+    // SAFETY: cf->pool is the configuration pool; zeroed is the documented initial state.
+    let cv = unsafe { ngx_pcalloc(cf.pool, size_of::<ngx_http_complex_value_t>()) }
+        .cast::<ngx_http_complex_value_t>();
+    if cv.is_null() {
+        return Err(ConfError::Msg("out of memory".into()));
+    }
+    let mut ccv: ngx_http_compile_complex_value_t = unsafe { std::mem::zeroed() };
+    ccv.cf = cf;
+    ccv.value = &mut value;
+    ccv.complex_value = cv;
+    // SAFETY: ccv is fully initialised as nginx's own modules do it.
+    if unsafe { ngx_http_compile_complex_value(&mut ccv) } != NGX_OK as isize {
+        return Err(ConfError::Msg(format!("invalid value \"{arg}\"")));
+    }
+    Ok(cv)
+}
+
+directive!(cmd_async_mirror, LocConf, |cf, lc, args| {
+    if args[0] == "off" {
+        if let Some(extra) = args.get(1) {
+            return Err(format!("unexpected parameter \"{extra}\" after \"off\"").into());
+        }
+        return set_once(&mut lc.mirrors, Vec::new());
+    }
+    if matches!(&lc.mirrors, Some(v) if v.is_empty()) {
+        return Err(ConfError::Duplicate);
+    }
+    if let Some(param) = args.get(1) {
+        return Err(format!("unknown parameter \"{param}\"").into());
+    }
+    let spec = parse::parse_url(args[0])?;
+    let Some(mc) = Module::main_conf_mut(&*cf) else {
+        return Err(ConfError::Msg("no http main configuration".into()));
+    };
+    let index = mc.register(spec);
+    let list = lc.mirrors.get_or_insert_with(Vec::new);
+    if list.contains(&index) {
+        return Err(format!("duplicate target \"{}\"", args[0]).into());
+    }
+    list.push(index);
+    Ok(())
+});
+
+directive!(cmd_set_header, LocConf, |cf, lc, args| {
+    let name = parse::parse_header_name(args[0])?;
+    let value = complex_value(cf, args[1])?;
+    lc.set_headers.get_or_insert_with(Vec::new).push(SetHeader { name, value });
+    Ok(())
+});
+
+directive!(cmd_if, LocConf, |cf, lc, args| {
+    let mut values = Vec::with_capacity(args.len());
+    for a in args {
+        values.push(complex_value(cf, a)?);
+    }
+    lc.conditions.get_or_insert_with(Vec::new).extend(values);
+    Ok(())
+});
+
+directive!(cmd_mark_header, LocConf, |_cf, lc, args| {
+    let v = if args[0] == "off" { None } else { Some(parse::parse_header_name(args[0])?) };
+    set_once(&mut lc.mark_header, v)
+});
+
+directive!(cmd_connect_timeout, LocConf, |_cf, lc, args| {
+    set_once(&mut lc.connect_timeout, positive_time(args[0])?)
+});
+
+directive!(cmd_timeout, LocConf, |_cf, lc, args| set_once(&mut lc.timeout, positive_time(args[0])?));
+
+directive!(cmd_max_connections, MainConf, |_cf, mc, args| {
+    set_once(&mut mc.max_connections, parse::parse_count(args[0], 65_535)? as usize)
+});
+
+directive!(cmd_keepalive_timeout, MainConf, |_cf, mc, args| {
+    set_once(&mut mc.keepalive_timeout, positive_time(args[0])?)
+});
+
+directive!(cmd_queue_size, MainConf, |_cf, mc, args| {
+    set_once(&mut mc.queue_size, parse::parse_count(args[0], 1 << 24)? as usize)
+});
+
+directive!(cmd_queue_bytes, MainConf, |_cf, mc, args| {
+    let n = parse::parse_size(args[0])?;
+    if n == 0 || n > 1 << 40 {
+        return Err(format!("invalid size \"{}\" (expected 1..1024g)", args[0]).into());
+    }
+    set_once(&mut mc.queue_bytes, n as usize)
+});
+
+directive!(cmd_threads, MainConf, |_cf, mc, args| {
+    set_once(&mut mc.threads, parse::parse_count(args[0], 64)? as usize)
+});
+
+directive!(cmd_drain_timeout, MainConf, |_cf, mc, args| {
+    // 0 is allowed: drop whatever is queued at once on reload/quit.
+    set_once(&mut mc.drain_timeout, parse::parse_time(args[0])?)
+});
+
+const HSL: u32 = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF;
+
+const fn command(
+    name: ngx_str_t,
+    type_: u32,
+    set: extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char,
+    main: bool,
+) -> ngx_command_t {
+    ngx_command_t {
+        name,
+        type_: type_ as ngx_uint_t,
+        set: Some(set),
+        conf: if main { NGX_HTTP_MAIN_CONF_OFFSET } else { NGX_HTTP_LOC_CONF_OFFSET },
+        offset: 0,
+        post: ptr::null_mut(),
+    }
+}
+
+pub static mut COMMANDS: [ngx_command_t; 13] = [
+    command(ngx_string!("async_mirror"), HSL | NGX_CONF_1MORE, cmd_async_mirror, false),
+    command(ngx_string!("async_mirror_set_header"), HSL | NGX_CONF_TAKE2, cmd_set_header, false),
+    command(ngx_string!("async_mirror_if"), HSL | NGX_CONF_1MORE, cmd_if, false),
+    command(ngx_string!("async_mirror_mark_header"), HSL | NGX_CONF_TAKE1, cmd_mark_header, false),
+    command(ngx_string!("async_mirror_connect_timeout"), HSL | NGX_CONF_TAKE1, cmd_connect_timeout, false),
+    command(ngx_string!("async_mirror_timeout"), HSL | NGX_CONF_TAKE1, cmd_timeout, false),
+    command(ngx_string!("async_mirror_max_connections"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, cmd_max_connections, true),
+    command(ngx_string!("async_mirror_keepalive_timeout"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, cmd_keepalive_timeout, true),
+    command(ngx_string!("async_mirror_queue_size"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, cmd_queue_size, true),
+    command(ngx_string!("async_mirror_queue_bytes"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, cmd_queue_bytes, true),
+    command(ngx_string!("async_mirror_threads"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, cmd_threads, true),
+    command(ngx_string!("async_mirror_drain_timeout"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, cmd_drain_timeout, true),
+    ngx_command_t::empty(),
+];

@@ -1,0 +1,178 @@
+//! The PRECONTENT handler: decides, captures and queues copies; never delays the request.
+
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use ngx::ffi::{
+    NGX_DECLINED, NGX_OK, ngx_http_complex_value, ngx_http_complex_value_t, ngx_http_request_t,
+    ngx_int_t, ngx_list_t, ngx_pool_cleanup_add, ngx_str_t, ngx_table_elt_t,
+};
+use ngx::http::HttpModuleLocationConf;
+
+use super::conf::LocConf;
+use super::module::Module;
+use super::process::with_engine;
+use crate::engine::job::CaptureError;
+use crate::engine::{DropReason, Engine, HeaderEdits, Outcome, RequestHead, Timeouts};
+
+/// Always declines: the request goes on exactly as without the module, whatever happens here.
+pub unsafe extern "C" fn precontent_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // SAFETY: nginx passes a valid request to phase handlers.
+        let r = unsafe { &mut *r };
+        mirror_request(r);
+    }));
+    if result.is_err() {
+        super::process::log_alert("async_mirror: panic in request handler, copy abandoned");
+    }
+    NGX_DECLINED as ngx_int_t
+}
+
+fn mirror_request(r: &mut ngx_http_request_t) {
+    // Subrequests (SSI, auth_request, the built-in mirror) are never copied.
+    if !std::ptr::eq(r.main, r) {
+        return;
+    }
+    let Some(lc) = Module::location_conf(r) else { return };
+    if lc.mirrors().is_empty() || !decide_once(r) {
+        return;
+    }
+    for &cv in lc.conditions.as_deref().unwrap_or(&[]) {
+        match eval(r, cv) {
+            Some(v) if !v.is_empty() && v != b"0" => {}
+            _ => return,
+        }
+    }
+    with_engine(|engine| dispatch(r, lc, engine));
+}
+
+fn dispatch(r: &ngx_http_request_t, lc: &LocConf, engine: &Engine) {
+    let headers = HeaderIter::new(&r.headers_in.headers);
+    let mark = lc.mark_header();
+    let is = |name: &[u8]| headers.clone().any(|(n, _)| n.eq_ignore_ascii_case(name));
+    // Loop guard, WebSocket/Upgrade, and bodies (not copied yet, see README) are skipped.
+    let skip = mark.is_some_and(|m| is(m.as_bytes()))
+        || is(b"upgrade")
+        || r.headers_in.content_length_n > 0
+        || r.headers_in.chunked() != 0;
+    let limits = Timeouts { connect: lc.connect_timeout(), total: lc.timeout() };
+    let mut head: Option<Result<Arc<RequestHead>, CaptureError>> = None;
+    for &index in lc.mirrors() {
+        let Some(ticket) = engine.ticket(index) else { continue };
+        if skip {
+            ticket.finish(Outcome::Skipped);
+            continue;
+        }
+        // Checked before capturing: under overload a drop costs no allocation.
+        if !engine.has_room() {
+            ticket.finish(Outcome::Dropped(DropReason::QueueFull));
+            continue;
+        }
+        match head.get_or_insert_with(|| capture(r, lc, mark).map(Arc::new)) {
+            Ok(h) => engine.submit(index, h, limits, ticket),
+            Err(_) => ticket.finish(Outcome::Skipped),
+        }
+    }
+}
+
+fn capture(r: &ngx_http_request_t, lc: &LocConf, mark: Option<&str>) -> Result<RequestHead, CaptureError> {
+    let mut values = Vec::new();
+    for h in lc.set_headers.as_deref().unwrap_or(&[]) {
+        values.push((h.name.as_bytes(), eval(r, h.value).unwrap_or(b"")));
+    }
+    let edits = HeaderEdits { set: values, mark: mark.map(str::as_bytes) };
+    RequestHead::capture(
+        str_bytes(&r.method_name),
+        str_bytes(&r.unparsed_uri),
+        HeaderIter::new(&r.headers_in.headers),
+        &edits,
+    )
+}
+
+/// Evaluates a compiled value; the result lives in the request pool.
+fn eval<'r>(r: &'r ngx_http_request_t, cv: *mut ngx_http_complex_value_t) -> Option<&'r [u8]> {
+    let mut out = ngx_str_t { len: 0, data: std::ptr::null_mut() };
+    // SAFETY: cv was compiled at config time; r is the current request.
+    if unsafe { ngx_http_complex_value(std::ptr::from_ref(r).cast_mut(), cv, &mut out) } != NGX_OK as ngx_int_t {
+        return None;
+    }
+    if out.len == 0 || out.data.is_null() {
+        return Some(&[]);
+    }
+    // SAFETY: the value was allocated from the request pool, which outlives 'r.
+    Some(unsafe { std::slice::from_raw_parts(out.data, out.len) })
+}
+
+fn str_bytes(s: &ngx_str_t) -> &[u8] {
+    if s.len == 0 || s.data.is_null() {
+        return &[];
+    }
+    // SAFETY: nginx strings are valid (data, len) pairs for the request's lifetime.
+    unsafe { std::slice::from_raw_parts(s.data, s.len) }
+}
+
+/// Address used to recognise our pool cleanup entry.
+static DECIDED: u8 = 0;
+
+unsafe extern "C" fn decided_noop(_data: *mut c_void) {}
+
+/// True the first time a request reaches a mirroring location.
+///
+/// Internal redirects (`index`, `try_files`, `error_page`) clear module
+/// contexts and run the phases again; like nginx's realip module we keep the
+/// mark in a pool cleanup entry, which survives them, so a request is copied once.
+fn decide_once(r: &mut ngx_http_request_t) -> bool {
+    let marker = (&raw const DECIDED).cast_mut().cast::<c_void>();
+    // SAFETY: the request pool and its cleanup list are valid for the request's lifetime.
+    unsafe {
+        let mut c = (*r.pool).cleanup;
+        while !c.is_null() {
+            if (*c).data == marker {
+                return false;
+            }
+            c = (*c).next;
+        }
+        let c = ngx_pool_cleanup_add(r.pool, 0);
+        if c.is_null() {
+            return false;
+        }
+        (*c).handler = Some(decided_noop);
+        (*c).data = marker;
+    }
+    true
+}
+
+/// Live request headers as byte pairs; entries nginx deleted (hash 0) are skipped.
+#[derive(Clone)]
+struct HeaderIter<'a> {
+    part: *const ngx::ffi::ngx_list_part_t,
+    i: usize,
+    _list: std::marker::PhantomData<&'a ngx_list_t>,
+}
+
+impl<'a> HeaderIter<'a> {
+    fn new(list: &'a ngx_list_t) -> Self {
+        HeaderIter { part: &list.part, i: 0, _list: std::marker::PhantomData }
+    }
+}
+
+impl<'a> Iterator for HeaderIter<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            // SAFETY: the list and its parts outlive 'a; elements are ngx_table_elt_t.
+            let part = unsafe { self.part.as_ref()? };
+            if self.i >= part.nelts {
+                self.part = part.next;
+                self.i = 0;
+                continue;
+            }
+            let h = unsafe { &*part.elts.cast::<ngx_table_elt_t>().add(self.i) };
+            self.i += 1;
+            if h.hash != 0 {
+                return Some((str_bytes(&h.key), str_bytes(&h.value)));
+            }
+        }
+    }
+}

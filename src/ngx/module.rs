@@ -1,0 +1,81 @@
+//! Module registration: the `ngx_module_t` nginx loads, its http context and phase hook.
+
+use std::ptr::addr_of;
+
+use ngx::core::Status;
+use ngx::ffi::{
+    NGX_HTTP_MODULE, ngx_array_push, ngx_conf_t, ngx_http_handler_pt, ngx_http_module_t,
+    ngx_http_phases_NGX_HTTP_PRECONTENT_PHASE, ngx_int_t, ngx_module_t,
+};
+use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
+
+use super::conf::{LocConf, MainConf};
+use super::directives::COMMANDS;
+use super::{handler, process};
+
+pub struct Module;
+
+impl HttpModule for Module {
+    fn module() -> &'static ngx_module_t {
+        // SAFETY: the module static is only written by nginx while loading configuration.
+        unsafe { &*addr_of!(ngx_http_async_mirror_module) }
+    }
+
+    /// Copies are decided in the PRECONTENT phase, as nginx's own `mirror` does:
+    /// rewrites and access checks have run (denied requests are not copied) and
+    /// the location is final, but no content handler has started, so the copy is
+    /// queued before the upstream is even contacted. Handlers added later run
+    /// first within a phase, so this one also runs before `try_files`.
+    unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
+        // SAFETY: nginx passes a valid cf.
+        let cf = unsafe { &mut *cf };
+        let Some(cmcf) = NgxHttpCoreModule::main_conf_mut(cf) else {
+            return Status::NGX_ERROR.into();
+        };
+        let phase = &mut cmcf.phases[ngx_http_phases_NGX_HTTP_PRECONTENT_PHASE as usize].handlers;
+        // SAFETY: the phase array holds ngx_http_handler_pt elements.
+        let h = unsafe { ngx_array_push(phase) }.cast::<ngx_http_handler_pt>();
+        if h.is_null() {
+            return Status::NGX_ERROR.into();
+        }
+        // SAFETY: h points to a freshly pushed element.
+        unsafe { *h = Some(handler::precontent_handler) };
+        Status::NGX_OK.into()
+    }
+}
+
+// SAFETY: the confs created for this module are of exactly these types.
+unsafe impl HttpModuleMainConf for Module {
+    type MainConf = MainConf;
+}
+
+// SAFETY: as above.
+unsafe impl HttpModuleLocationConf for Module {
+    type LocationConf = LocConf;
+}
+
+static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
+    preconfiguration: None,
+    postconfiguration: Some(Module::postconfiguration),
+    create_main_conf: Some(Module::create_main_conf),
+    init_main_conf: None,
+    create_srv_conf: None,
+    merge_srv_conf: None,
+    create_loc_conf: Some(Module::create_loc_conf),
+    merge_loc_conf: Some(Module::merge_loc_conf),
+};
+
+#[cfg(feature = "export-modules")]
+ngx::ngx_modules!(ngx_http_async_mirror_module);
+
+#[used]
+#[allow(non_upper_case_globals)]
+#[cfg_attr(not(feature = "export-modules"), unsafe(no_mangle))]
+pub static mut ngx_http_async_mirror_module: ngx_module_t = ngx_module_t {
+    ctx: addr_of!(MODULE_CTX) as _,
+    commands: (&raw mut COMMANDS).cast(),
+    type_: NGX_HTTP_MODULE as _,
+    init_process: Some(process::init_process),
+    exit_process: Some(process::exit_process),
+    ..ngx_module_t::default()
+};

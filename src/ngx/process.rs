@@ -1,0 +1,167 @@
+//! Worker lifecycle: the engine starts in each worker (never in the master or
+//! cache processes) and stops, after a bounded drain, when the worker exits.
+//! A timer on the nginx thread carries runtime error reports into the error log.
+
+use std::cell::RefCell;
+use std::time::Duration;
+
+use ngx::ffi::{
+    NGX_LOG_ALERT, NGX_LOG_NOTICE, NGX_LOG_WARN, NGX_OK, NGX_PROCESS_SINGLE, NGX_PROCESS_WORKER,
+    ngx_add_timer, ngx_cycle, ngx_cycle_t, ngx_del_timer, ngx_event_t, ngx_int_t, ngx_log_t,
+    ngx_process,
+};
+use ngx::http::HttpModuleMainConf;
+use ngx::ngx_log_error;
+
+use super::module::Module;
+use crate::engine::Engine;
+
+/// How long runtime threads get to stop once draining is over.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+const REPORT_INTERVAL_MS: usize = 1000;
+
+struct Worker {
+    engine: Engine,
+    drain_timeout: Duration,
+}
+
+thread_local! {
+    // Touched only on the nginx thread: request handlers, the timer, the process hooks.
+    static WORKER: RefCell<Option<Worker>> = const { RefCell::new(None) };
+}
+
+static mut REPORT_TIMER: ngx_event_t = unsafe { std::mem::zeroed() };
+
+/// Runs `f` with this worker's engine, if one is running.
+pub fn with_engine(f: impl FnOnce(&Engine)) {
+    WORKER.with_borrow(|w| {
+        if let Some(w) = w {
+            f(&w.engine);
+        }
+    });
+}
+
+fn cycle_log() -> *mut ngx_log_t {
+    // SAFETY: ngx_cycle is valid in any process once configuration is loaded.
+    unsafe { (*ngx_cycle).log }
+}
+
+fn log(level: u32, msg: &str) {
+    let log = cycle_log();
+    ngx_log_error!(level, log, "{msg}");
+}
+
+pub fn log_alert(msg: &str) {
+    log(NGX_LOG_ALERT, msg);
+}
+
+/// Runtime threads must not take signals meant for the nginx worker.
+fn block_signals() {
+    // SAFETY: plain libc calls on a local, fully initialised signal set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    let result = std::panic::catch_unwind(|| {
+        // SAFETY: set by nginx before init_process; read-only here.
+        let process = unsafe { ngx_process } as u32;
+        if process != NGX_PROCESS_WORKER && process != NGX_PROCESS_SINGLE {
+            return;
+        }
+        // SAFETY: nginx passes the new, valid cycle.
+        let Some(mc) = Module::main_conf(unsafe { &*cycle }) else { return };
+        if mc.targets.is_empty() {
+            return;
+        }
+        let settings = mc.engine_settings();
+        match Engine::start(settings, mc.targets.clone(), block_signals) {
+            Ok(engine) => {
+                log(
+                    NGX_LOG_NOTICE,
+                    &format!(
+                        "async_mirror: runtime started: targets={} threads={} queue_size={} \
+                         queue_bytes={} max_connections={}",
+                        mc.targets.len(),
+                        settings.threads,
+                        settings.queue_size,
+                        settings.queue_bytes,
+                        settings.client.max_connections,
+                    ),
+                );
+                WORKER.set(Some(Worker { engine, drain_timeout: mc.drain_timeout() }));
+                start_report_timer();
+            }
+            // Production traffic goes on unmirrored rather than losing the worker.
+            Err(e) => log_alert(&format!("async_mirror: runtime not started, mirroring disabled: {e}")),
+        }
+    });
+    if result.is_err() {
+        log_alert("async_mirror: panic in init_process, mirroring disabled");
+    }
+    NGX_OK as ngx_int_t
+}
+
+pub unsafe extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
+    let result = std::panic::catch_unwind(|| {
+        let Some(mut w) = WORKER.take() else { return };
+        // SAFETY: the timer event is only used on this thread.
+        unsafe {
+            let ev = &raw mut REPORT_TIMER;
+            if (*ev).timer_set() != 0 {
+                ngx_del_timer(ev);
+            }
+        }
+        // nginx unloads this module right after exit_process, so both steps are bounded.
+        w.engine.drain(w.drain_timeout);
+        w.engine.shutdown(SHUTDOWN_GRACE);
+        write_reports(&w.engine);
+        for (spec, stats) in w.engine.targets() {
+            log(
+                NGX_LOG_NOTICE,
+                &format!("async_mirror: worker exiting, target \"{}\": {}", spec.url, stats.summary()),
+            );
+        }
+    });
+    if result.is_err() {
+        log_alert("async_mirror: panic in exit_process");
+    }
+}
+
+fn start_report_timer() {
+    // SAFETY: the static event is only used on the nginx thread; zeroed is a valid idle event.
+    unsafe {
+        let ev = &raw mut REPORT_TIMER;
+        (*ev).handler = Some(report_timer_handler);
+        (*ev).log = cycle_log();
+        (*ev).data = std::ptr::null_mut();
+        // A pending report timer must not keep a gracefully exiting worker alive.
+        (*ev).set_cancelable(1);
+        ngx_add_timer(ev, REPORT_INTERVAL_MS as _);
+    }
+}
+
+unsafe extern "C" fn report_timer_handler(ev: *mut ngx_event_t) {
+    let result = std::panic::catch_unwind(|| with_engine(write_reports));
+    if result.is_err() {
+        log_alert("async_mirror: panic in report timer");
+    }
+    // SAFETY: ev is our static timer event, called on the nginx thread.
+    unsafe { ngx_add_timer(ev, REPORT_INTERVAL_MS as _) };
+}
+
+/// Error reports from the runtime, at most one line per target per interval.
+fn write_reports(engine: &Engine) {
+    let urls: Vec<&str> = engine.targets().map(|(s, _)| s.url.as_str()).collect();
+    for r in engine.log().take() {
+        let url = urls.get(r.target).copied().unwrap_or("?");
+        let more = match r.suppressed {
+            0 => String::new(),
+            n => format!(", {n} similar errors suppressed"),
+        };
+        log(NGX_LOG_WARN, &format!("async_mirror: {} while mirroring to \"{url}\"{more}", r.message));
+    }
+}
