@@ -1,1 +1,103 @@
-fn main(){}
+//! Bad configuration fails `nginx -t` with a clear message and the file:line.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+/// Runs `nginx -t` with `body` inside `http {}` (`main` at top level); returns (success, output).
+fn nginx_t(main: &str, body: &str) -> (bool, String, String) {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("conf-{}", free_port()));
+    std::fs::create_dir_all(dir.join("logs")).unwrap();
+    let path = dir.join("nginx.conf");
+    let conf =
+        format!("load_module {};\n{main}\nevents {{ }}\nhttp {{\n{body}\n}}\n", module_path().display());
+    std::fs::write(&path, conf).unwrap();
+    let out = Command::new(nginx_binary())
+        .arg("-t")
+        .arg("-p")
+        .arg(&dir)
+        .arg("-c")
+        .arg(&path)
+        .arg("-e")
+        .arg(dir.join("logs/error.log"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.success(), text, path.display().to_string())
+}
+
+fn assert_rejected(body: &str, expected: &str) {
+    let (ok, out, path) = nginx_t("", body);
+    assert!(!ok, "accepted: {body}\n{out}");
+    assert!(out.contains(expected), "for {body}: expected {expected:?} in\n{out}");
+    // nginx appends the location of the offending directive (line 5 or later: inside http {}).
+    assert!(out.contains(&format!(" in {path}:")), "no file:line for {body}:\n{out}");
+    assert!(!out.contains("signal"), "crashed on {body}:\n{out}");
+}
+
+#[test]
+fn valid_configuration_passes() {
+    let (ok, out, _) = nginx_t(
+        "",
+        "async_mirror_max_connections 16; async_mirror_keepalive_timeout 30s;
+         async_mirror_queue_size 1024; async_mirror_queue_bytes 8m; async_mirror_threads 2;
+         async_mirror_drain_timeout 0; async_mirror_timeout 2s; async_mirror_connect_timeout 500ms;
+         server { listen 127.0.0.1:1; async_mirror http://127.0.0.1:2;
+           location / { async_mirror http://localhost:3/prefix; async_mirror http://[::1]:4;
+             async_mirror_set_header X-Shadow $host; async_mirror_if $arg_x;
+             async_mirror_mark_header X-Copy; }
+           location /off { async_mirror off; async_mirror_mark_header off; } }",
+    );
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn bad_directives_fail_with_async_mirror_message() {
+    let cases: &[(&str, &str)] = &[
+        ("async_mirror 127.0.0.1:8080;", "async_mirror: invalid URL \"127.0.0.1:8080\""),
+        ("async_mirror ftp://127.0.0.1;", "async_mirror: unsupported scheme \"ftp\""),
+        ("async_mirror http://;", "async_mirror: invalid URL"),
+        ("async_mirror http://127.0.0.1:99999;", "async_mirror: invalid URL"),
+        ("async_mirror http://127.0.0.1/a?b=1;", "async_mirror: invalid URL"),
+        ("async_mirror http://no-such-host.invalid;", "async_mirror: host not found"),
+        ("async_mirror http://$host:80;", "async_mirror: variables are not supported"),
+        ("async_mirror http://127.0.0.1 foo=1;", "async_mirror: unknown parameter \"foo=1\""),
+        ("async_mirror off extra;", "async_mirror: unexpected parameter"),
+        (
+            "async_mirror http://127.0.0.1:1; async_mirror http://127.0.0.1:1;",
+            "async_mirror: duplicate target",
+        ),
+        ("async_mirror off; async_mirror http://127.0.0.1:1;", "directive is duplicate"),
+        ("async_mirror_queue_bytes 1x;", "async_mirror: invalid size \"1x\""),
+        ("async_mirror_queue_bytes -1;", "async_mirror: invalid size"),
+        ("async_mirror_queue_bytes 0;", "async_mirror: invalid size"),
+        ("async_mirror_timeout 5x;", "async_mirror: invalid time \"5x\""),
+        ("async_mirror_timeout 0;", "async_mirror: invalid time"),
+        ("async_mirror_connect_timeout -1s;", "async_mirror: invalid time"),
+        ("async_mirror_keepalive_timeout forever;", "async_mirror: invalid time"),
+        ("async_mirror_drain_timeout 1s1s;", "async_mirror: invalid time"),
+        ("async_mirror_max_connections 0;", "async_mirror: invalid number"),
+        ("async_mirror_max_connections 99999999999999999999;", "async_mirror: invalid number"),
+        ("async_mirror_queue_size many;", "async_mirror: invalid number"),
+        ("async_mirror_threads 1000;", "async_mirror: invalid number"),
+        ("async_mirror_set_header \"Bad Name\" 1;", "async_mirror: invalid header name"),
+        ("async_mirror_mark_header X:Y;", "async_mirror: invalid header name"),
+        ("async_mirror_timeout 1s; async_mirror_timeout 2s;", "directive is duplicate"),
+        ("async_mirror_threads 2; async_mirror_threads 2;", "directive is duplicate"),
+        ("server { location / { async_mirror_threads 2; } }", "directive is not allowed here"),
+        ("server { async_mirror_queue_size 10; }", "directive is not allowed here"),
+        ("async_mirror_set_header X-A;", "invalid number of arguments"),
+    ];
+    for (body, expected) in cases {
+        assert_rejected(body, expected);
+    }
+}
+
+#[test]
+fn directive_outside_http_is_rejected() {
+    let (ok, out, _) = nginx_t("async_mirror http://127.0.0.1:1;", "");
+    assert!(!ok);
+    assert!(out.contains("directive is not allowed here"), "{out}");
+}

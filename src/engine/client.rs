@@ -132,16 +132,22 @@ impl Target {
         let addr = self.spec.addr;
         let stream = match timeout(limit, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(self.fail(FailReason::Connect, format!("connect() to {addr} failed: {e}"))),
+            Ok(Err(e)) => {
+                return Err(self.fail(FailReason::Connect, format!("connect() to {addr} failed: {e}")));
+            }
             Err(_) => {
-                return Err(self.fail(FailReason::Connect, format!("connect() to {addr} timed out after {limit:?}")));
+                return Err(
+                    self.fail(FailReason::Connect, format!("connect() to {addr} timed out after {limit:?}"))
+                );
             }
         };
         self.stats.connections_opened.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
         let (sender, conn) = match http1::handshake(TokioIo::new(stream)).await {
             Ok(pair) => pair,
-            Err(e) => return Err(self.fail(FailReason::Connect, format!("handshake with {addr} failed: {e}"))),
+            Err(e) => {
+                return Err(self.fail(FailReason::Connect, format!("handshake with {addr} failed: {e}")));
+            }
         };
         tokio::spawn(async move {
             let _ = conn.await;
@@ -157,9 +163,10 @@ impl Target {
     ) -> Result<Outcome, Failure> {
         let req = head.to_request(&self.spec.prefix, &self.authority, empty_body());
         let work = async {
-            let resp = sender.send_request(req).await.map_err(|e| {
-                if e.is_canceled() { Failure::Stale } else { Failure::Http(e) }
-            })?;
+            let resp = sender
+                .send_request(req)
+                .await
+                .map_err(|e| if e.is_canceled() { Failure::Stale } else { Failure::Http(e) })?;
             let outcome = Outcome::from_status(resp.status().as_u16());
             // Read to the end: only a fully read response leaves the connection reusable.
             let mut body = resp.into_body();

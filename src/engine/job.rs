@@ -6,15 +6,8 @@ use http::{HeaderMap, Method, Request, Uri};
 
 /// Headers that describe one connection, not the request (RFC 9110 §7.6.1), plus
 /// the legacy `Proxy-Connection`; never forwarded to a mirror.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+const HOP_BY_HOP: [&str; 7] =
+    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
 
 /// Why a request cannot be replayed as a copy; the copy is counted `skipped`.
 #[derive(Debug, PartialEq, Eq)]
@@ -159,8 +152,8 @@ mod tests {
             ("X-Custom", "a"),
             ("X-Custom", "b"),
         ]);
-        let head = RequestHead::capture(b"GET", b"/p?q=1", h.iter().copied(), &HeaderEdits::default())
-            .unwrap();
+        let head =
+            RequestHead::capture(b"GET", b"/p?q=1", h.iter().copied(), &HeaderEdits::default()).unwrap();
         let names: Vec<_> = head.headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["host", "x-custom"]);
         assert_eq!(head.headers.get_all("x-custom").iter().count(), 2);
@@ -191,8 +184,14 @@ mod tests {
     fn rejects_unrepresentable() {
         let none = Vec::<(&[u8], &[u8])>::new();
         let e = HeaderEdits::default();
-        assert_eq!(RequestHead::capture(b"G T", b"/", none.iter().copied(), &e).unwrap_err(), CaptureError::Method);
-        assert_eq!(RequestHead::capture(b"GET", b"http://x/", none.iter().copied(), &e).unwrap_err(), CaptureError::Uri);
+        assert_eq!(
+            RequestHead::capture(b"G T", b"/", none.iter().copied(), &e).unwrap_err(),
+            CaptureError::Method
+        );
+        assert_eq!(
+            RequestHead::capture(b"GET", b"http://x/", none.iter().copied(), &e).unwrap_err(),
+            CaptureError::Uri
+        );
         let bad = hdrs(&[("X-Ctl", "a\u{1}b")]);
         assert!(matches!(
             RequestHead::capture(b"GET", b"/", bad.iter().copied(), &e),

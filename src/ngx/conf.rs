@@ -119,9 +119,10 @@ impl Merge for LocConf {
         inherit(&mut self.mirrors, &prev.mirrors);
         inherit(&mut self.conditions, &prev.conditions);
         if self.set_headers.is_none() {
-            self.set_headers = prev.set_headers.as_ref().map(|v| {
-                v.iter().map(|h| SetHeader { name: h.name.clone(), value: h.value }).collect()
-            });
+            self.set_headers = prev
+                .set_headers
+                .as_ref()
+                .map(|v| v.iter().map(|h| SetHeader { name: h.name.clone(), value: h.value }).collect());
         }
         if self.mark_header.is_none() {
             self.mark_header = prev.mark_header.clone();

@@ -11,9 +11,9 @@ use std::time::Duration;
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
     NGX_CONF_1MORE, NGX_CONF_TAKE1, NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
-    NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG, NGX_OK,
-    ngx_command_t, ngx_conf_t, ngx_http_compile_complex_value, ngx_http_compile_complex_value_t,
-    ngx_http_complex_value_t, ngx_pcalloc, ngx_str_t, ngx_uint_t,
+    NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG, NGX_OK, ngx_command_t,
+    ngx_conf_t, ngx_http_compile_complex_value, ngx_http_compile_complex_value_t, ngx_http_complex_value_t,
+    ngx_pcalloc, ngx_str_t, ngx_uint_t,
 };
 use ngx::http::HttpModuleMainConf;
 use ngx::{ngx_conf_log_error, ngx_string};
@@ -68,11 +68,7 @@ fn run<C>(cf: *mut ngx_conf_t, conf: *mut c_void, setter: Setter<C>) -> *mut c_c
 
 macro_rules! directive {
     ($name:ident, $conf:ty, $setter:expr) => {
-        extern "C" fn $name(
-            cf: *mut ngx_conf_t,
-            _cmd: *mut ngx_command_t,
-            conf: *mut c_void,
-        ) -> *mut c_char {
+        extern "C" fn $name(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
             run::<$conf>(cf, conf, $setter)
         }
     };
@@ -222,11 +218,36 @@ pub static mut COMMANDS: [ngx_command_t; 13] = [
     command(ngx_string!("async_mirror_mark_header"), HSL | NGX_CONF_TAKE1, cmd_mark_header, false),
     command(ngx_string!("async_mirror_connect_timeout"), HSL | NGX_CONF_TAKE1, cmd_connect_timeout, false),
     command(ngx_string!("async_mirror_timeout"), HSL | NGX_CONF_TAKE1, cmd_timeout, false),
-    command(ngx_string!("async_mirror_max_connections"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, cmd_max_connections, true),
-    command(ngx_string!("async_mirror_keepalive_timeout"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, cmd_keepalive_timeout, true),
-    command(ngx_string!("async_mirror_queue_size"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, cmd_queue_size, true),
-    command(ngx_string!("async_mirror_queue_bytes"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, cmd_queue_bytes, true),
+    command(
+        ngx_string!("async_mirror_max_connections"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        cmd_max_connections,
+        true,
+    ),
+    command(
+        ngx_string!("async_mirror_keepalive_timeout"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        cmd_keepalive_timeout,
+        true,
+    ),
+    command(
+        ngx_string!("async_mirror_queue_size"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        cmd_queue_size,
+        true,
+    ),
+    command(
+        ngx_string!("async_mirror_queue_bytes"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        cmd_queue_bytes,
+        true,
+    ),
     command(ngx_string!("async_mirror_threads"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, cmd_threads, true),
-    command(ngx_string!("async_mirror_drain_timeout"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, cmd_drain_timeout, true),
+    command(
+        ngx_string!("async_mirror_drain_timeout"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        cmd_drain_timeout,
+        true,
+    ),
     ngx_command_t::empty(),
 ];

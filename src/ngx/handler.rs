@@ -4,8 +4,8 @@ use std::ffi::c_void;
 use std::sync::Arc;
 
 use ngx::ffi::{
-    NGX_DECLINED, NGX_OK, ngx_http_complex_value, ngx_http_complex_value_t, ngx_http_request_t,
-    ngx_int_t, ngx_list_t, ngx_pool_cleanup_add, ngx_str_t, ngx_table_elt_t,
+    NGX_DECLINED, NGX_OK, ngx_http_complex_value, ngx_http_complex_value_t, ngx_http_request_t, ngx_int_t,
+    ngx_list_t, ngx_pool_cleanup_add, ngx_str_t, ngx_table_elt_t,
 };
 use ngx::http::HttpModuleLocationConf;
 
@@ -93,7 +93,9 @@ fn capture(r: &ngx_http_request_t, lc: &LocConf, mark: Option<&str>) -> Result<R
 fn eval<'r>(r: &'r ngx_http_request_t, cv: *mut ngx_http_complex_value_t) -> Option<&'r [u8]> {
     let mut out = ngx_str_t { len: 0, data: std::ptr::null_mut() };
     // SAFETY: cv was compiled at config time; r is the current request.
-    if unsafe { ngx_http_complex_value(std::ptr::from_ref(r).cast_mut(), cv, &mut out) } != NGX_OK as ngx_int_t {
+    if unsafe { ngx_http_complex_value(std::ptr::from_ref(r).cast_mut(), cv, &mut out) }
+        != NGX_OK as ngx_int_t
+    {
         return None;
     }
     if out.len == 0 || out.data.is_null() {

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use ngx::ffi::{
     NGX_LOG_ALERT, NGX_LOG_NOTICE, NGX_LOG_WARN, NGX_OK, NGX_PROCESS_SINGLE, NGX_PROCESS_WORKER,
-    ngx_add_timer, ngx_cycle, ngx_cycle_t, ngx_del_timer, ngx_event_t, ngx_int_t, ngx_log_t,
-    ngx_process,
+    ngx_add_timer, ngx_cycle, ngx_cycle_t, ngx_del_timer, ngx_event_t, ngx_int_t, ngx_log_t, ngx_process,
 };
 use ngx::http::HttpModuleMainConf;
 use ngx::ngx_log_error;

@@ -1,0 +1,505 @@
+//! Integration-test harness: the nginx built with this module, started in a
+//! temporary prefix, plus real peers (a recording sink, a refused port, a
+//! listener that never accepts, a slow responder) and a tiny HTTP/1.1 client.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The nginx binary: `TEST_NGINX_BINARY`, else the one nginx-sys built for this module.
+pub fn nginx_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("TEST_NGINX_BINARY") {
+        return p.into();
+    }
+    if let Ok(dir) = std::env::var("NGINX_BUILD_DIR") {
+        return Path::new(&dir).join("nginx");
+    }
+    Path::new(env!("DEP_NGINX_BUILD_DIR")).join("nginx")
+}
+
+/// The module cargo built for this test run (next to the test binary), not a stale copy.
+pub fn module_path() -> PathBuf {
+    if let Ok(p) = std::env::var("TEST_NGINX_MODULE") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let deps = exe.parent().expect("deps dir");
+    let so = deps.join("libngx_http_async_mirror_module.so");
+    if so.exists() {
+        so
+    } else {
+        deps.parent().expect("profile dir").join("libngx_http_async_mirror_module.so")
+    }
+}
+
+/// A free port on 127.0.0.1 (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `cond` until it holds or `limit` passes; returns whether it held.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn scratch_dir(name: &str) -> PathBuf {
+    static SEQ: AtomicUsize = AtomicUsize::new(0);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "t-{}-{}-{}",
+        name,
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("logs")).unwrap();
+    std::fs::create_dir_all(dir.join("html")).unwrap();
+    dir
+}
+
+pub struct Nginx {
+    pub prefix: PathBuf,
+    pub port: u16,
+    worker_processes: usize,
+    child: Option<Child>,
+}
+
+/// Counters from the workers' exit lines, summed per target URL.
+pub type Counters = BTreeMap<String, BTreeMap<String, u64>>;
+
+impl Nginx {
+    /// Starts nginx with `http_body` inside `http {}`; `{port}` in it is replaced by
+    /// the front port, `{prefix}` by the temp prefix. Waits until it accepts.
+    pub fn start(name: &str, workers: usize, main: &str, http_body: &str) -> Nginx {
+        let prefix = scratch_dir(name);
+        let port = free_port();
+        let body =
+            http_body.replace("{port}", &port.to_string()).replace("{prefix}", prefix.to_str().unwrap());
+        let conf = format!(
+            "load_module {module};\n\
+             daemon off;\nmaster_process on;\nworker_processes {workers};\n\
+             error_log {prefix}/logs/error.log notice;\npid {prefix}/logs/nginx.pid;\n{main}\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n  access_log off;\n  keepalive_requests 100000;\n  client_body_temp_path {prefix}/tmp_body;\n\
+               proxy_temp_path {prefix}/tmp_proxy;\n{body}\n}}\n",
+            module = module_path().display(),
+            prefix = prefix.display(),
+        );
+        std::fs::write(prefix.join("nginx.conf"), conf).unwrap();
+        let child = Command::new(nginx_binary())
+            .arg("-p")
+            .arg(&prefix)
+            .arg("-c")
+            .arg(prefix.join("nginx.conf"))
+            .arg("-e")
+            .arg(prefix.join("logs/error.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx");
+        let mut ng = Nginx { prefix, port, worker_processes: workers, child: Some(child) };
+        let workers_up =
+            |ng: &Nginx| ng.error_log().matches("async_mirror: runtime started").count() >= workers;
+        let up = wait_until(Duration::from_secs(10), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && (!http_body.contains("async_mirror http") || workers_up(&ng))
+        });
+        if !up {
+            let log = ng.error_log();
+            ng.kill();
+            panic!("nginx did not start:\n{log}");
+        }
+        ng
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(self.pid() as i32, sig) };
+    }
+
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.prefix.join("logs/error.log")).unwrap_or_default()
+    }
+
+    /// PIDs of the current worker processes (children of the master).
+    pub fn workers(&self) -> Vec<u32> {
+        let path = format!("/proc/{0}/task/{0}/children", self.pid());
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
+
+    /// Reloads and waits until the new generation of workers has started its runtimes.
+    pub fn reload(&self) {
+        let before = self.error_log().matches("async_mirror: runtime started").count();
+        let want = before + self.worker_processes;
+        self.signal(libc::SIGHUP);
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                self.error_log().matches("async_mirror: runtime started").count() >= want
+            }),
+            "reload did not start new workers"
+        );
+    }
+
+    /// Graceful stop (SIGQUIT); returns the error log after checking it for crashes.
+    pub fn quit(mut self) -> String {
+        self.signal(libc::SIGQUIT);
+        let mut child = self.child.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("nginx did not quit in time:\n{}", self.error_log());
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        let log = self.error_log();
+        for bad in ["exited on signal", "[alert]", "[crit]", "[emerg]", "panicked"] {
+            assert!(!log.contains(bad), "error log has {bad:?}:\n{log}");
+        }
+        log
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // A failed test must not leave nginx running.
+        self.kill();
+    }
+}
+
+/// Parses `async_mirror: worker exiting, target "URL": k=v ...` lines, summed over workers.
+pub fn exit_counters(log: &str) -> Counters {
+    let mut out = Counters::new();
+    for line in log.lines() {
+        let Some(rest) = line.split("async_mirror: worker exiting, target \"").nth(1) else { continue };
+        let Some((url, kvs)) = rest.split_once("\": ") else { continue };
+        let entry = out.entry(url.to_string()).or_default();
+        for kv in kvs.split_whitespace() {
+            if let Some((k, v)) = kv.split_once('=') {
+                *entry.entry(k.to_string()).or_default() += v.parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    out
+}
+
+/// Sum of every outcome counter (everything but `attempted` and `connections_opened`).
+pub fn outcome_sum(c: &BTreeMap<String, u64>) -> u64 {
+    c.iter().filter(|(k, _)| *k != "attempted" && *k != "connections_opened").map(|(_, v)| v).sum()
+}
+
+// ---------------------------------------------------------------------------
+// Peers
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub uri: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub conn: usize,
+    pub at: Instant,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// An HTTP/1.1 server that records every request and answers `200 ok`
+/// (after `delay`, which makes it the slow responder).
+pub struct Sink {
+    pub port: u16,
+    pub got: Arc<Mutex<Vec<Recorded>>>,
+    conns: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Sink {
+    pub fn start() -> Sink {
+        Self::with_delay(Duration::ZERO)
+    }
+
+    pub fn with_delay(delay: Duration) -> Sink {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let conns = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (g, c, s) = (got.clone(), conns.clone(), stop.clone());
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                if s.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                let id = c.fetch_add(1, Ordering::Relaxed);
+                let (g, s) = (g.clone(), s.clone());
+                thread::spawn(move || serve(stream, id, g, delay, s));
+            }
+        });
+        Sink { port, got, conns, stop }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn count(&self) -> usize {
+        self.got.lock().unwrap().len()
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// Distinct TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.conns.load(Ordering::Relaxed)
+    }
+
+    pub fn wait_for(&self, n: usize, limit: Duration) -> bool {
+        wait_until(limit, || self.count() >= n)
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+fn serve(
+    stream: TcpStream,
+    id: usize,
+    got: Arc<Mutex<Vec<Recorded>>>,
+    delay: Duration,
+    stop: Arc<AtomicBool>,
+) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut w = stream.try_clone().unwrap();
+    let mut r = BufReader::new(stream);
+    while let Some((line, headers, body)) = read_message(&mut r) {
+        let mut parts = line.split(' ');
+        let method = parts.next().unwrap_or("").to_string();
+        let uri = parts.next().unwrap_or("").to_string();
+        got.lock().unwrap().push(Recorded { method, uri, headers, body, conn: id, at: Instant::now() });
+        if !delay.is_zero() {
+            let end = Instant::now() + delay;
+            while Instant::now() < end && !stop.load(Ordering::Relaxed) {
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+        if w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads one HTTP/1.x message: start line, headers, body (Content-Length or chunked).
+fn read_message(r: &mut impl BufRead) -> Option<(String, Vec<(String, String)>, Vec<u8>)> {
+    let mut line = String::new();
+    if r.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let start = line.trim_end().to_string();
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).ok()? == 0 {
+            return None;
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (n, v) = h.split_once(':')?;
+        headers.push((n.trim().to_string(), v.trim().to_string()));
+    }
+    let get = |name: &str| headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
+    let mut body = Vec::new();
+    if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size).ok()?;
+            let n = usize::from_str_radix(size.trim().split(';').next()?, 16).ok()?;
+            let mut chunk = vec![0; n + 2];
+            r.read_exact(&mut chunk).ok()?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    } else if let Some(len) = get("content-length") {
+        body.resize(len.parse().ok()?, 0);
+        r.read_exact(&mut body).ok()?;
+    }
+    Some((start, headers, body))
+}
+
+/// A port nobody listens on: connects are refused at once.
+pub fn refused_port() -> u16 {
+    free_port()
+}
+
+/// A listener whose accept queue is full and that never accepts: connects hang.
+pub struct BlackHole {
+    pub port: u16,
+    _listener: TcpListener,
+    _fillers: Vec<TcpStream>,
+}
+
+impl BlackHole {
+    pub fn start() -> BlackHole {
+        use std::os::fd::AsRawFd;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        // SAFETY: re-listening on our own socket only shrinks its backlog.
+        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        let mut fillers = Vec::new();
+        // Fill the accept queue until a connect no longer completes.
+        while fillers.len() < 64 {
+            match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                Ok(s) => fillers.push(s),
+                Err(_) => break,
+            }
+        }
+        assert!(fillers.len() < 64, "accept queue never filled");
+        BlackHole { port: addr.port(), _listener: listener, _fillers: fillers }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Client
+// ---------------------------------------------------------------------------
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub elapsed: Duration,
+}
+
+/// One keepalive HTTP/1.1 connection to the front nginx.
+pub struct Client {
+    w: TcpStream,
+    r: BufReader<TcpStream>,
+}
+
+impl Client {
+    pub fn connect(port: u16) -> Client {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.set_nodelay(true).unwrap();
+        Client { w: s.try_clone().unwrap(), r: BufReader::new(s) }
+    }
+
+    /// Sends `METHOD path` with `headers` (Host defaults to localhost) and reads the response.
+    pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)]) -> Response {
+        self.try_request(method, path, headers).expect("response")
+    }
+
+    pub fn try_request(&mut self, method: &str, path: &str, headers: &[(&str, &str)]) -> Option<Response> {
+        let mut req = format!("{method} {path} HTTP/1.1\r\n");
+        if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+            req.push_str("Host: localhost\r\n");
+        }
+        for (n, v) in headers {
+            req.push_str(&format!("{n}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        let started = Instant::now();
+        self.w.write_all(req.as_bytes()).ok()?;
+        let (line, headers, body) = read_message(&mut self.r)?;
+        let status = line.split(' ').nth(1)?.parse().ok()?;
+        Some(Response { status, headers, body, elapsed: started.elapsed() })
+    }
+
+    pub fn get(&mut self, path: &str) -> Response {
+        self.request("GET", path, &[])
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = self.w.shutdown(Shutdown::Both);
+    }
+}
+
+/// One request on a fresh connection with `Connection: close`.
+pub fn get_once(port: u16, path: &str) -> Option<Response> {
+    let s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+    let mut c = Client { w: s.try_clone().ok()?, r: BufReader::new(s) };
+    c.try_request("GET", path, &[("Connection", "close")])
+}
+
+/// Distinct values, for connection-id checks.
+pub fn distinct<T: std::hash::Hash + Eq>(items: impl IntoIterator<Item = T>) -> usize {
+    items.into_iter().collect::<HashSet<_>>().len()
+}
+
+/// Resident set size of a process in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A backend `server {}` block for the same nginx: answers `backend` on every path.
+pub fn backend_server(port: u16) -> String {
+    format!(
+        "server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"backend\"; }} }}\n\
+         upstream backend {{ server 127.0.0.1:{port} max_fails=3 fail_timeout=10s; keepalive 8; }}\n"
+    )
+}
+
+/// proxy_pass settings used by every test front location.
+pub const PROXY: &str =
+    "proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\";";
