@@ -39,6 +39,13 @@ pub fn module_path() -> PathBuf {
     }
 }
 
+/// As root, workers would run as `nobody` and could not read a test prefix under a
+/// private temp directory; keep them as the invoking user.
+fn run_as() -> &'static str {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 { "user root;\n" } else { "" }
+}
+
 /// A free port on 127.0.0.1 (bound then released).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -93,12 +100,13 @@ impl Nginx {
         let conf = format!(
             "load_module {module};\n\
              daemon off;\nmaster_process on;\nworker_processes {workers};\n\
-             error_log {prefix}/logs/error.log notice;\npid {prefix}/logs/nginx.pid;\n{main}\n\
+             error_log {prefix}/logs/error.log notice;\npid {prefix}/logs/nginx.pid;\n{user}{main}\n\
              events {{ worker_connections 1024; }}\n\
              http {{\n  access_log off;\n  keepalive_requests 100000;\n  client_body_temp_path {prefix}/tmp_body;\n\
                proxy_temp_path {prefix}/tmp_proxy;\n{body}\n}}\n",
             module = module_path().display(),
             prefix = prefix.display(),
+            user = run_as(),
         );
         std::fs::write(prefix.join("nginx.conf"), conf).unwrap();
         let child = Command::new(nginx_binary())
