@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::time::timeout;
 
+use super::breaker::{Breaker, BreakerSettings};
 use super::job::RequestHead;
 use super::logq::LogQueue;
 use super::outcome::{FailReason, Outcome, TargetStats};
@@ -34,12 +35,13 @@ pub struct ClientSettings {
     pub max_connections: usize,
 }
 
-/// Per-copy limits, from the location that made the copy.
+/// Per-copy settings, from the location that made the copy.
 #[derive(Debug, Clone, Copy)]
-pub struct Timeouts {
-    pub connect: Duration,
+pub struct CopyOptions {
+    pub connect_timeout: Duration,
     /// Whole exchange: sending the request to the last byte of the response.
-    pub total: Duration,
+    pub timeout: Duration,
+    pub breaker: BreakerSettings,
 }
 
 struct Idle {
@@ -52,6 +54,7 @@ pub struct Target {
     pub spec: TargetSpec,
     pub stats: Arc<TargetStats>,
     pub permits: Arc<Semaphore>,
+    pub breaker: Breaker,
     authority: String,
     settings: ClientSettings,
     idle: Mutex<Vec<Idle>>,
@@ -66,27 +69,45 @@ impl Target {
             spec,
             stats: Arc::default(),
             permits: Arc::new(Semaphore::new(settings.max_connections)),
+            breaker: Breaker::default(),
             settings,
             idle: Mutex::new(Vec::new()),
             log,
         }
     }
 
-    /// Sends one copy and reads the whole response; the caller holds a permit.
-    pub async fn deliver(&self, head: &RequestHead, limits: Timeouts) -> Outcome {
+    /// Sends one copy, reads the whole response and feeds the result to the breaker;
+    /// the caller holds a permit.
+    pub async fn deliver(&self, head: &RequestHead, opts: CopyOptions, now_ms: impl Fn() -> u64) -> Outcome {
+        let outcome = self.exchange_once(head, opts).await;
+        match outcome {
+            Outcome::Failed(_) => {
+                if self.breaker.failure(now_ms(), opts.breaker) {
+                    let t = opts.breaker.fail_timeout;
+                    self.log.push(self.index, || {
+                        format!("{} consecutive failures, target skipped for {t:?}", opts.breaker.max_fails)
+                    });
+                }
+            }
+            _ => self.breaker.success(),
+        }
+        outcome
+    }
+
+    async fn exchange_once(&self, head: &RequestHead, limits: CopyOptions) -> Outcome {
         // A pooled connection the mirror closed meanwhile fails before anything is
         // sent; that one case is retried once on a fresh connection.
         if let Some(sender) = self.checkout() {
-            match self.exchange(sender, head, limits.total).await {
+            match self.exchange(sender, head, limits.timeout).await {
                 Err(Failure::Stale) => {}
                 done => return self.settle(done),
             }
         }
-        let sender = match self.connect(limits.connect).await {
+        let sender = match self.connect(limits.connect_timeout).await {
             Ok(s) => s,
             Err(o) => return o,
         };
-        self.settle(self.exchange(sender, head, limits.total).await)
+        self.settle(self.exchange(sender, head, limits.timeout).await)
     }
 
     fn settle(&self, r: Result<Outcome, Failure>) -> Outcome {

@@ -4,6 +4,7 @@
 //! to the [`Engine`], which sends it to each target on its own Tokio runtime.
 #![forbid(unsafe_code)]
 
+pub mod breaker;
 pub mod client;
 pub mod job;
 pub mod logq;
@@ -11,8 +12,10 @@ pub mod outcome;
 pub mod parse;
 pub mod queue;
 pub mod runtime;
+pub mod status;
 
-pub use client::{ClientSettings, Timeouts};
+pub use breaker::BreakerSettings;
+pub use client::{ClientSettings, CopyOptions};
 pub use job::{HeaderEdits, RequestHead};
 pub use outcome::{DropReason, Outcome, TargetStats, Ticket};
 pub use parse::TargetSpec;

@@ -40,6 +40,10 @@ pub fn parse_url(url: &str) -> Result<TargetSpec, String> {
     if !scheme.eq_ignore_ascii_case("http") {
         return Err(format!("unsupported scheme \"{scheme}\" in URL \"{url}\" (only http is supported)"));
     }
+    if url.len() > 512 {
+        let start: String = url.chars().take(32).collect();
+        return Err(format!("URL \"{start}...\" is longer than 512 bytes"));
+    }
     if url.contains('$') {
         return Err(format!("variables are not supported in URL \"{url}\""));
     }

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
-use super::client::{ClientSettings, Target, Timeouts};
+use super::breaker::Admission;
+use super::client::{ClientSettings, CopyOptions, Target};
 use super::job::RequestHead;
 use super::logq::LogQueue;
 use super::outcome::{DropReason, Outcome, TargetStats, Ticket};
@@ -26,7 +27,8 @@ pub struct EngineSettings {
 
 struct Job {
     head: Arc<RequestHead>,
-    limits: Timeouts,
+    opts: CopyOptions,
+    probe: bool,
     ticket: Ticket,
     reservation: Reservation,
 }
@@ -37,6 +39,17 @@ pub struct Engine {
     senders: Vec<UnboundedSender<Job>>,
     backlog: Arc<Backlog>,
     log: Arc<LogQueue>,
+    clock: Clock,
+}
+
+/// Milliseconds since the engine started; the breaker's time base.
+#[derive(Debug, Clone, Copy)]
+struct Clock(Instant);
+
+impl Clock {
+    fn now_ms(self) -> u64 {
+        self.0.elapsed().as_millis() as u64
+    }
 }
 
 impl Engine {
@@ -59,21 +72,27 @@ impl Engine {
             .enable_time()
             .build()?;
         let log = Arc::new(LogQueue::new(specs.len()));
+        let clock = Clock(Instant::now());
         let mut targets = Vec::new();
         let mut senders = Vec::new();
         for (index, spec) in specs.into_iter().enumerate() {
             let target = Arc::new(Target::new(index, spec, settings.client, log.clone()));
             let (tx, rx) = unbounded_channel();
-            runtime.spawn(dispatch(target.clone(), rx));
+            runtime.spawn(dispatch(target.clone(), rx, clock));
             targets.push(target);
             senders.push(tx);
         }
         let backlog = Backlog::new(settings.queue_size, settings.queue_bytes);
-        Ok(Engine { runtime: Some(runtime), targets, senders, backlog, log })
+        Ok(Engine { runtime: Some(runtime), targets, senders, backlog, log, clock })
     }
 
     pub fn targets(&self) -> impl Iterator<Item = (&TargetSpec, &TargetStats)> {
         self.targets.iter().map(|t| (&t.spec, &*t.stats))
+    }
+
+    /// Live per-target gauges: copies in flight, and 1 if the breaker is open.
+    pub fn gauges(&self) -> impl Iterator<Item = (i64, i64)> + '_ {
+        self.targets.iter().map(|t| (t.stats.inflight.load(Ordering::Relaxed), t.breaker.is_open() as i64))
     }
 
     pub fn log(&self) -> &LogQueue {
@@ -90,14 +109,55 @@ impl Engine {
         self.backlog.has_room()
     }
 
-    /// Queues one copy without waiting; a full backlog ends it as `dropped{queue_full}`.
-    pub fn submit(&self, index: usize, head: &Arc<RequestHead>, limits: Timeouts, ticket: Ticket) {
-        let Some(reservation) = self.backlog.reserve(head.weight()) else {
-            return ticket.finish(Outcome::Dropped(DropReason::QueueFull));
+    /// Cheap checks made before the request is captured: breaker, then backlog room.
+    /// `Err` is the drop the copy ends in; `Ok(true)` marks the breaker's probe.
+    pub fn admit(&self, index: usize, opts: &CopyOptions) -> Result<bool, DropReason> {
+        let Some(target) = self.targets.get(index) else { return Err(DropReason::Shutdown) };
+        let probe = match target.breaker.admit(self.clock.now_ms(), opts.breaker) {
+            Admission::Pass => false,
+            Admission::Probe => true,
+            Admission::Reject => return Err(DropReason::BreakerOpen),
         };
-        let Some(tx) = self.senders.get(index) else { return ticket.finish(Outcome::Skipped) };
+        if !self.backlog.has_room() {
+            if probe {
+                // Give the probe back so the next copy can take it.
+                target.breaker.release_probe();
+            }
+            return Err(DropReason::QueueFull);
+        }
+        Ok(probe)
+    }
+
+    /// Queues one copy without waiting; a full backlog ends it as `dropped{queue_full}`.
+    ///
+    /// # Errors
+    /// The drop reason the copy was counted with.
+    pub fn submit(
+        &self,
+        index: usize,
+        head: &Arc<RequestHead>,
+        opts: CopyOptions,
+        probe: bool,
+        ticket: Ticket,
+    ) -> Result<(), DropReason> {
+        let (Some(target), Some(tx)) = (self.targets.get(index), self.senders.get(index)) else {
+            ticket.finish(Outcome::Dropped(DropReason::Shutdown));
+            return Err(DropReason::Shutdown);
+        };
+        let Some(reservation) = self.backlog.reserve(head.weight()) else {
+            if probe {
+                target.breaker.release_probe();
+            }
+            ticket.finish(Outcome::Dropped(DropReason::QueueFull));
+            return Err(DropReason::QueueFull);
+        };
         // A closed channel returns the job, whose ticket then counts `dropped{shutdown}`.
-        let _ = tx.send(Job { head: head.clone(), limits, ticket, reservation });
+        tx.send(Job { head: head.clone(), opts, probe, ticket, reservation })
+            .map_err(|_| DropReason::Shutdown)
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.backlog.bytes()
     }
 
     pub fn queued_jobs(&self) -> usize {
@@ -131,21 +191,28 @@ impl Drop for Engine {
     }
 }
 
-async fn dispatch(target: Arc<Target>, mut rx: UnboundedReceiver<Job>) {
+async fn dispatch(target: Arc<Target>, mut rx: UnboundedReceiver<Job>, clock: Clock) {
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
     loop {
         let job = tokio::select! {
             job = rx.recv() => job,
             _ = sweep.tick() => { target.sweep(); continue; }
         };
-        let Some(Job { head, limits, ticket, reservation }) = job else { break };
+        let Some(Job { head, opts, probe, ticket, reservation }) = job else { break };
         // Waiting here keeps the job in the backlog: the connection cap is the in-flight cap.
         let Ok(permit) = target.permits.clone().acquire_owned().await else { break };
         drop(reservation);
+        // The breaker may have opened while this copy waited.
+        if !probe && opts.breaker.max_fails > 0 && target.breaker.still_open(clock.now_ms()) {
+            ticket.finish(Outcome::Dropped(DropReason::BreakerOpen));
+            continue;
+        }
         target.stats.inflight.fetch_add(1, Ordering::Relaxed);
         let t = target.clone();
         tokio::spawn(async move {
-            let outcome = t.deliver(&head, limits).await;
+            let started = Instant::now();
+            let outcome = t.deliver(&head, opts, move || clock.now_ms()).await;
+            t.stats.observe(started.elapsed());
             t.stats.inflight.fetch_sub(1, Ordering::Relaxed);
             ticket.finish(outcome);
             drop(permit);

@@ -4,10 +4,12 @@
 
 use std::time::Duration;
 
-use ngx::ffi::ngx_http_complex_value_t;
+use std::ptr::NonNull;
+
+use ngx::ffi::{ngx_http_complex_value_t, ngx_shm_zone_t};
 use ngx::http::{Merge, MergeConfigError};
 
-use crate::engine::{ClientSettings, EngineSettings, TargetSpec};
+use crate::engine::{BreakerSettings, ClientSettings, CopyOptions, EngineSettings, TargetSpec};
 
 pub mod defaults {
     use std::time::Duration;
@@ -21,6 +23,8 @@ pub mod defaults {
     pub const QUEUE_BYTES: usize = 32 << 20;
     pub const THREADS: usize = 1;
     pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+    pub const MAX_FAILS: u32 = 3;
+    pub const FAIL_TIMEOUT: Duration = Duration::from_secs(10);
 }
 
 /// http-level settings and the registry of every target named anywhere in `http{}`.
@@ -35,6 +39,8 @@ pub struct MainConf {
     pub queue_bytes: Option<usize>,
     pub threads: Option<usize>,
     pub drain_timeout: Option<Duration>,
+    /// `async_mirror_zone`: counters summed over workers.
+    pub zone: Option<NonNull<ngx_shm_zone_t>>,
 }
 
 impl MainConf {
@@ -83,6 +89,8 @@ pub struct LocConf {
     pub mark_header: Option<Option<String>>,
     pub connect_timeout: Option<Duration>,
     pub timeout: Option<Duration>,
+    pub max_fails: Option<u32>,
+    pub fail_timeout: Option<Duration>,
 }
 
 impl LocConf {
@@ -94,12 +102,15 @@ impl LocConf {
         self.mark_header.as_ref().map_or(Some(defaults::MARK_HEADER), |m| m.as_deref())
     }
 
-    pub fn connect_timeout(&self) -> Duration {
-        self.connect_timeout.unwrap_or(defaults::CONNECT_TIMEOUT)
-    }
-
-    pub fn timeout(&self) -> Duration {
-        self.timeout.unwrap_or(defaults::TIMEOUT)
+    pub fn copy_options(&self) -> CopyOptions {
+        CopyOptions {
+            connect_timeout: self.connect_timeout.unwrap_or(defaults::CONNECT_TIMEOUT),
+            timeout: self.timeout.unwrap_or(defaults::TIMEOUT),
+            breaker: BreakerSettings {
+                max_fails: self.max_fails.unwrap_or(defaults::MAX_FAILS),
+                fail_timeout: self.fail_timeout.unwrap_or(defaults::FAIL_TIMEOUT),
+            },
+        }
     }
 }
 
@@ -129,6 +140,8 @@ impl Merge for LocConf {
         }
         self.connect_timeout = self.connect_timeout.or(prev.connect_timeout);
         self.timeout = self.timeout.or(prev.timeout);
+        self.max_fails = self.max_fails.or(prev.max_fails);
+        self.fail_timeout = self.fail_timeout.or(prev.fail_timeout);
         Ok(())
     }
 }

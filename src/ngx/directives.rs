@@ -9,17 +9,19 @@ use std::ptr;
 use std::time::Duration;
 
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
+use ngx::ffi::ngx_shared_memory_add;
 use ngx::ffi::{
-    NGX_CONF_1MORE, NGX_CONF_TAKE1, NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
-    NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG, NGX_OK, ngx_command_t,
-    ngx_conf_t, ngx_http_compile_complex_value, ngx_http_compile_complex_value_t, ngx_http_complex_value_t,
-    ngx_pcalloc, ngx_str_t, ngx_uint_t,
+    NGX_CONF_1MORE, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF,
+    NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF,
+    NGX_LOG_EMERG, NGX_OK, ngx_command_t, ngx_conf_t, ngx_http_compile_complex_value,
+    ngx_http_compile_complex_value_t, ngx_http_complex_value_t, ngx_pcalloc, ngx_str_t, ngx_uint_t,
 };
-use ngx::http::HttpModuleMainConf;
+use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
 use ngx::{ngx_conf_log_error, ngx_string};
 
 use super::conf::{LocConf, MainConf, SetHeader};
-use super::module::Module;
+use super::module::{Module, ngx_http_async_mirror_module};
+use super::{status, zone};
 use crate::engine::parse;
 
 enum ConfError {
@@ -164,6 +166,59 @@ directive!(cmd_connect_timeout, LocConf, |_cf, lc, args| {
 
 directive!(cmd_timeout, LocConf, |_cf, lc, args| set_once(&mut lc.timeout, positive_time(args[0])?));
 
+directive!(cmd_zone, MainConf, |cf, mc, args| {
+    if mc.zone.is_some() {
+        return Err(ConfError::Duplicate);
+    }
+    let name = args[0];
+    if name.is_empty() || name.contains('$') {
+        return Err(format!("invalid zone name \"{name}\"").into());
+    }
+    let size = parse::parse_size(args[1])?;
+    if size < zone::MIN_SIZE as u64 || size > 1 << 32 {
+        return Err(format!("zone \"{name}\" size \"{}\" must be between 32k and 4g", args[1]).into());
+    }
+    let mut ngx_name = ngx_str_t { len: name.len(), data: name.as_ptr().cast_mut() };
+    // SAFETY: called while parsing configuration; the tag identifies our zones.
+    let shm = unsafe {
+        ngx_shared_memory_add(
+            cf,
+            &mut ngx_name,
+            size as usize,
+            (&raw mut ngx_http_async_mirror_module).cast(),
+        )
+    };
+    // SAFETY: a non-null zone returned by nginx.
+    let Some(shm_ref) = (unsafe { shm.as_mut() }) else {
+        return Err(ConfError::Msg(format!("cannot create zone \"{name}\"")));
+    };
+    if !shm_ref.data.is_null() {
+        return Err(format!("zone \"{name}\" is already used").into());
+    }
+    shm_ref.init = Some(zone::init_zone);
+    shm_ref.data = std::ptr::from_mut(mc).cast();
+    mc.zone = std::ptr::NonNull::new(shm);
+    Ok(())
+});
+
+directive!(cmd_status, LocConf, |cf, _lc, _args| {
+    let Some(clcf) = NgxHttpCoreModule::location_conf_mut(&*cf) else {
+        return Err(ConfError::Msg("no location configuration".into()));
+    };
+    clcf.handler = Some(status::status_handler);
+    Ok(())
+});
+
+directive!(cmd_max_fails, LocConf, |_cf, lc, args| {
+    // 0 disables the breaker, as max_fails=0 does for an upstream server.
+    let n = if args[0] == "0" { 0 } else { parse::parse_count(args[0], 1_000_000)? as u32 };
+    set_once(&mut lc.max_fails, n)
+});
+
+directive!(cmd_fail_timeout, LocConf, |_cf, lc, args| {
+    set_once(&mut lc.fail_timeout, positive_time(args[0])?)
+});
+
 directive!(cmd_max_connections, MainConf, |_cf, mc, args| {
     set_once(&mut mc.max_connections, parse::parse_count(args[0], 65_535)? as usize)
 });
@@ -211,13 +266,15 @@ const fn command(
     }
 }
 
-pub static mut COMMANDS: [ngx_command_t; 13] = [
+pub static mut COMMANDS: [ngx_command_t; 17] = [
     command(ngx_string!("async_mirror"), HSL | NGX_CONF_1MORE, cmd_async_mirror, false),
     command(ngx_string!("async_mirror_set_header"), HSL | NGX_CONF_TAKE2, cmd_set_header, false),
     command(ngx_string!("async_mirror_if"), HSL | NGX_CONF_1MORE, cmd_if, false),
     command(ngx_string!("async_mirror_mark_header"), HSL | NGX_CONF_TAKE1, cmd_mark_header, false),
     command(ngx_string!("async_mirror_connect_timeout"), HSL | NGX_CONF_TAKE1, cmd_connect_timeout, false),
     command(ngx_string!("async_mirror_timeout"), HSL | NGX_CONF_TAKE1, cmd_timeout, false),
+    command(ngx_string!("async_mirror_max_fails"), HSL | NGX_CONF_TAKE1, cmd_max_fails, false),
+    command(ngx_string!("async_mirror_fail_timeout"), HSL | NGX_CONF_TAKE1, cmd_fail_timeout, false),
     command(
         ngx_string!("async_mirror_max_connections"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
@@ -249,5 +306,7 @@ pub static mut COMMANDS: [ngx_command_t; 13] = [
         cmd_drain_timeout,
         true,
     ),
+    command(ngx_string!("async_mirror_zone"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE2, cmd_zone, true),
+    command(ngx_string!("async_mirror_status"), NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS, cmd_status, false),
     ngx_command_t::empty(),
 ];

@@ -13,7 +13,7 @@ use super::conf::LocConf;
 use super::module::Module;
 use super::process::with_engine;
 use crate::engine::job::CaptureError;
-use crate::engine::{DropReason, Engine, HeaderEdits, Outcome, RequestHead, Timeouts};
+use crate::engine::{DropReason, Engine, HeaderEdits, Outcome, RequestHead};
 
 /// Always declines: the request goes on exactly as without the module, whatever happens here.
 pub unsafe extern "C" fn precontent_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
@@ -34,19 +34,27 @@ fn mirror_request(r: &mut ngx_http_request_t) {
         return;
     }
     let Some(lc) = Module::location_conf(r) else { return };
-    if lc.mirrors().is_empty() || !decide_once(r) {
+    if lc.mirrors().is_empty() {
         return;
     }
+    let Some(mut ctx) = RequestCtx::create_once(r) else { return };
     for &cv in lc.conditions.as_deref().unwrap_or(&[]) {
         match eval(r, cv) {
             Some(v) if !v.is_empty() && v != b"0" => {}
             _ => return,
         }
     }
-    with_engine(|engine| dispatch(r, lc, engine));
+    #[cfg(feature = "test-panic")]
+    if HeaderIter::new(&r.headers_in.headers)
+        .any(|(n, _)| n.eq_ignore_ascii_case(b"x-async-mirror-test-panic"))
+    {
+        panic!("test-panic header");
+    }
+    // SAFETY: the context lives in the request pool, apart from the fields read here.
+    with_engine(|engine| dispatch(r, lc, engine, unsafe { ctx.as_mut() }));
 }
 
-fn dispatch(r: &ngx_http_request_t, lc: &LocConf, engine: &Engine) {
+fn dispatch(r: &ngx_http_request_t, lc: &LocConf, engine: &Engine, ctx: &mut RequestCtx) {
     let headers = HeaderIter::new(&r.headers_in.headers);
     let mark = lc.mark_header();
     let is = |name: &[u8]| headers.clone().any(|(n, _)| n.eq_ignore_ascii_case(name));
@@ -55,22 +63,33 @@ fn dispatch(r: &ngx_http_request_t, lc: &LocConf, engine: &Engine) {
         || is(b"upgrade")
         || r.headers_in.content_length_n > 0
         || r.headers_in.chunked() != 0;
-    let limits = Timeouts { connect: lc.connect_timeout(), total: lc.timeout() };
+    let opts = lc.copy_options();
     let mut head: Option<Result<Arc<RequestHead>, CaptureError>> = None;
     for &index in lc.mirrors() {
         let Some(ticket) = engine.ticket(index) else { continue };
         if skip {
             ticket.finish(Outcome::Skipped);
+            ctx.push("skipped");
             continue;
         }
-        // Checked before capturing: under overload a drop costs no allocation.
-        if !engine.has_room() {
-            ticket.finish(Outcome::Dropped(DropReason::QueueFull));
-            continue;
-        }
+        // Breaker and backlog are checked before capturing: a drop costs no allocation.
+        let probe = match engine.admit(index, &opts) {
+            Ok(probe) => probe,
+            Err(reason) => {
+                ticket.finish(Outcome::Dropped(reason));
+                ctx.push_drop(reason);
+                continue;
+            }
+        };
         match head.get_or_insert_with(|| capture(r, lc, mark).map(Arc::new)) {
-            Ok(h) => engine.submit(index, h, limits, ticket),
-            Err(_) => ticket.finish(Outcome::Skipped),
+            Ok(h) => match engine.submit(index, h, opts, probe, ticket) {
+                Ok(()) => ctx.push("queued"),
+                Err(reason) => ctx.push_drop(reason),
+            },
+            Err(_) => {
+                ticket.finish(Outcome::Skipped);
+                ctx.push("skipped");
+            }
         }
     }
 }
@@ -113,35 +132,69 @@ fn str_bytes(s: &ngx_str_t) -> &[u8] {
     unsafe { std::slice::from_raw_parts(s.data, s.len) }
 }
 
-/// Address used to recognise our pool cleanup entry.
-static DECIDED: u8 = 0;
-
-unsafe extern "C" fn decided_noop(_data: *mut c_void) {}
-
-/// True the first time a request reaches a mirroring location.
+/// Per-request state: what happened to this request's copies (`$async_mirror_outcome`).
 ///
-/// Internal redirects (`index`, `try_files`, `error_page`) clear module
-/// contexts and run the phases again; like nginx's realip module we keep the
-/// mark in a pool cleanup entry, which survives them, so a request is copied once.
-fn decide_once(r: &mut ngx_http_request_t) -> bool {
-    let marker = (&raw const DECIDED).cast_mut().cast::<c_void>();
-    // SAFETY: the request pool and its cleanup list are valid for the request's lifetime.
-    unsafe {
-        let mut c = (*r.pool).cleanup;
-        while !c.is_null() {
-            if (*c).data == marker {
-                return false;
+/// Internal redirects (`index`, `try_files`, `error_page`) clear module contexts
+/// and run the phases again; like nginx's realip module, the context lives in
+/// a request-pool cleanup entry, which survives them. Its existence is also the
+/// "already decided" mark that keeps a request from being copied twice.
+pub struct RequestCtx {
+    outcome: String,
+}
+
+unsafe extern "C" fn ctx_cleanup(data: *mut c_void) {
+    // SAFETY: data is the RequestCtx written by create_once; the pool runs this once.
+    unsafe { std::ptr::drop_in_place(data.cast::<RequestCtx>()) };
+}
+
+impl RequestCtx {
+    /// The request's context, if copies were decided for it.
+    pub fn find(r: &ngx_http_request_t) -> Option<&RequestCtx> {
+        let ours = ctx_cleanup as unsafe extern "C" fn(*mut c_void) as usize;
+        // SAFETY: the pool's cleanup list is valid for the request's lifetime.
+        let mut c = unsafe { (*r.pool).cleanup };
+        while let Some(cln) = unsafe { c.as_ref() } {
+            if cln.handler.map(|h| h as usize) == Some(ours) {
+                // SAFETY: entries with our handler hold a RequestCtx.
+                return Some(unsafe { &*cln.data.cast::<RequestCtx>() });
             }
-            c = (*c).next;
+            c = cln.next;
         }
-        let c = ngx_pool_cleanup_add(r.pool, 0);
-        if c.is_null() {
-            return false;
-        }
-        (*c).handler = Some(decided_noop);
-        (*c).data = marker;
+        None
     }
-    true
+
+    /// A new context the first time; `None` if the request was already decided (or on OOM).
+    fn create_once(r: &ngx_http_request_t) -> Option<std::ptr::NonNull<RequestCtx>> {
+        if Self::find(r).is_some() {
+            return None;
+        }
+        // SAFETY: r.pool is the request pool; the entry is initialised before use.
+        unsafe {
+            let c = ngx_pool_cleanup_add(r.pool, size_of::<RequestCtx>());
+            if c.is_null() {
+                return None;
+            }
+            let ctx = (*c).data.cast::<RequestCtx>();
+            ctx.write(RequestCtx { outcome: String::new() });
+            (*c).handler = Some(ctx_cleanup);
+            std::ptr::NonNull::new(ctx)
+        }
+    }
+
+    fn push(&mut self, what: &str) {
+        if !self.outcome.is_empty() {
+            self.outcome.push(',');
+        }
+        self.outcome.push_str(what);
+    }
+
+    fn push_drop(&mut self, reason: DropReason) {
+        self.push(&format!("dropped:{}", Outcome::Dropped(reason).reason()));
+    }
+
+    pub fn outcome(&self) -> &str {
+        &self.outcome
+    }
 }
 
 /// Live request headers as byte pairs; entries nginx deleted (hash 0) are skipped.

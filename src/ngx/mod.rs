@@ -8,3 +8,5 @@ mod directives;
 mod handler;
 mod module;
 mod process;
+mod status;
+mod zone;

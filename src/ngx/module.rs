@@ -4,14 +4,16 @@ use std::ptr::addr_of;
 
 use ngx::core::Status;
 use ngx::ffi::{
-    NGX_HTTP_MODULE, ngx_array_push, ngx_conf_t, ngx_http_handler_pt, ngx_http_module_t,
-    ngx_http_phases_NGX_HTTP_PRECONTENT_PHASE, ngx_int_t, ngx_module_t,
+    NGX_HTTP_MODULE, NGX_HTTP_VAR_NOCACHEABLE, ngx_array_push, ngx_conf_t, ngx_http_add_variable,
+    ngx_http_handler_pt, ngx_http_module_t, ngx_http_phases_NGX_HTTP_PRECONTENT_PHASE, ngx_int_t,
+    ngx_module_t, ngx_uint_t,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
+use ngx::ngx_string;
 
 use super::conf::{LocConf, MainConf};
 use super::directives::COMMANDS;
-use super::{handler, process};
+use super::{handler, process, status};
 
 pub struct Module;
 
@@ -19,6 +21,21 @@ impl HttpModule for Module {
     fn module() -> &'static ngx_module_t {
         // SAFETY: the module static is only written by nginx while loading configuration.
         unsafe { &*addr_of!(ngx_http_async_mirror_module) }
+    }
+
+    /// Registers `$async_mirror_outcome`.
+    unsafe extern "C" fn preconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
+        let mut name = ngx_string!("async_mirror_outcome");
+        // SAFETY: nginx passes a valid cf; the name is static.
+        let v = unsafe { ngx_http_add_variable(cf, &mut name, NGX_HTTP_VAR_NOCACHEABLE as ngx_uint_t) };
+        // SAFETY: a non-null variable returned by nginx.
+        match unsafe { v.as_mut() } {
+            Some(v) => {
+                v.get_handler = Some(status::outcome_variable);
+                Status::NGX_OK.into()
+            }
+            None => Status::NGX_ERROR.into(),
+        }
     }
 
     /// Copies are decided in the PRECONTENT phase, as nginx's own `mirror` does:
@@ -55,7 +72,7 @@ unsafe impl HttpModuleLocationConf for Module {
 }
 
 static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
-    preconfiguration: None,
+    preconfiguration: Some(Module::preconfiguration),
     postconfiguration: Some(Module::postconfiguration),
     create_main_conf: Some(Module::create_main_conf),
     init_main_conf: None,

@@ -13,15 +13,70 @@ use ngx::http::HttpModuleMainConf;
 use ngx::ngx_log_error;
 
 use super::module::Module;
+use super::zone::{Slot, Zone};
 use crate::engine::Engine;
+use crate::engine::outcome::{CounterVec, slot};
+use crate::engine::status::{Snapshot, TargetSnapshot};
 
 /// How long runtime threads get to stop once draining is over.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
-const REPORT_INTERVAL_MS: usize = 1000;
+/// Counters reach the shared zone this often; error reports go out every fourth tick (1 s).
+const TICK_MS: usize = 250;
+const REPORT_EVERY: u32 = 4;
 
 struct Worker {
     engine: Engine,
     drain_timeout: Duration,
+    shared: Option<Shared>,
+    ticks: u32,
+}
+
+/// This worker's link to the shared zone: its targets' slots and what it already added.
+struct Shared {
+    zone: Zone,
+    slots: Vec<*const Slot>,
+    last: Vec<CounterVec>,
+    last_gauges: Vec<(i64, i64)>,
+    last_queue: (i64, i64),
+}
+
+impl Shared {
+    fn new(zone: Zone, engine: &Engine) -> Shared {
+        let slots: Vec<*const Slot> = engine
+            .targets()
+            .map(|(t, _)| zone.find(&t.url).map_or(std::ptr::null(), std::ptr::from_ref))
+            .collect();
+        let n = slots.len();
+        Shared {
+            zone,
+            slots,
+            last: vec![[0; slot::COUNTERS]; n],
+            last_gauges: vec![(0, 0); n],
+            last_queue: (0, 0),
+        }
+    }
+
+    /// Adds what changed since the last fold; `last_fold` withdraws this worker's gauges.
+    fn fold(&mut self, engine: &Engine, last_fold: bool) {
+        let gauges: Vec<(i64, i64)> = engine.gauges().collect();
+        for (i, (_, stats)) in engine.targets().enumerate() {
+            // SAFETY: slots point into the zone, mapped for the life of this configuration.
+            let Some(slot) = (unsafe { self.slots[i].as_ref() }) else { continue };
+            let now = stats.snapshot();
+            let mut delta = [0; slot::COUNTERS];
+            for k in 0..slot::COUNTERS {
+                delta[k] = now[k].wrapping_sub(self.last[i][k]);
+            }
+            slot.add(&delta);
+            self.last[i] = now;
+            let g = if last_fold { (0, 0) } else { gauges[i] };
+            slot.add_gauges(g.0 - self.last_gauges[i].0, g.1 - self.last_gauges[i].1);
+            self.last_gauges[i] = g;
+        }
+        let q = if last_fold { (0, 0) } else { (engine.queued_jobs() as i64, engine.queued_bytes() as i64) };
+        self.zone.add_queue(q.0 - self.last_queue.0, q.1 - self.last_queue.1);
+        self.last_queue = q;
+    }
 }
 
 thread_local! {
@@ -91,7 +146,10 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
                         settings.client.max_connections,
                     ),
                 );
-                WORKER.set(Some(Worker { engine, drain_timeout: mc.drain_timeout() }));
+                // SAFETY: the zone was initialised by the master before workers started.
+                let zone = mc.zone.and_then(|z| unsafe { Zone::from_shm(z.as_ptr()) });
+                let shared = zone.map(|z| Shared::new(z, &engine));
+                WORKER.set(Some(Worker { engine, drain_timeout: mc.drain_timeout(), shared, ticks: 0 }));
                 start_report_timer();
             }
             // Production traffic goes on unmirrored rather than losing the worker.
@@ -118,6 +176,9 @@ pub unsafe extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
         w.engine.drain(w.drain_timeout);
         w.engine.shutdown(SHUTDOWN_GRACE);
         write_reports(&w.engine);
+        if let Some(shared) = w.shared.as_mut() {
+            shared.fold(&w.engine, true);
+        }
         for (spec, stats) in w.engine.targets() {
             log(
                 NGX_LOG_NOTICE,
@@ -139,17 +200,28 @@ fn start_report_timer() {
         (*ev).data = std::ptr::null_mut();
         // A pending report timer must not keep a gracefully exiting worker alive.
         (*ev).set_cancelable(1);
-        ngx_add_timer(ev, REPORT_INTERVAL_MS as _);
+        ngx_add_timer(ev, TICK_MS as _);
     }
 }
 
 unsafe extern "C" fn report_timer_handler(ev: *mut ngx_event_t) {
-    let result = std::panic::catch_unwind(|| with_engine(write_reports));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        WORKER.with_borrow_mut(|w| {
+            let Some(w) = w else { return };
+            if let Some(shared) = w.shared.as_mut() {
+                shared.fold(&w.engine, false);
+            }
+            w.ticks = w.ticks.wrapping_add(1);
+            if w.ticks % REPORT_EVERY == 0 {
+                write_reports(&w.engine);
+            }
+        })
+    }));
     if result.is_err() {
         log_alert("async_mirror: panic in report timer");
     }
     // SAFETY: ev is our static timer event, called on the nginx thread.
-    unsafe { ngx_add_timer(ev, REPORT_INTERVAL_MS as _) };
+    unsafe { ngx_add_timer(ev, TICK_MS as _) };
 }
 
 /// Error reports from the runtime, at most one line per target per interval.
@@ -163,4 +235,45 @@ fn write_reports(engine: &Engine) {
         };
         log(NGX_LOG_WARN, &format!("async_mirror: {} while mirroring to \"{url}\"{more}", r.message));
     }
+}
+
+/// What the status page shows: the zone's sums if there is one (after adding this
+/// worker's latest changes), otherwise this worker's own counters.
+pub fn snapshot() -> Snapshot {
+    WORKER.with_borrow_mut(|w| {
+        let Some(w) = w else { return Snapshot::default() };
+        if let Some(shared) = w.shared.as_mut() {
+            shared.fold(&w.engine, false);
+            let (queue_jobs, queue_bytes) = shared.zone.queue();
+            let targets = shared
+                .zone
+                .read()
+                .into_iter()
+                .map(|(url, counters, inflight, breaker_open)| TargetSnapshot {
+                    url,
+                    counters,
+                    inflight,
+                    breaker_open,
+                })
+                .collect();
+            return Snapshot { targets, queue_jobs, queue_bytes, shared: true };
+        }
+        let targets = w
+            .engine
+            .targets()
+            .zip(w.engine.gauges())
+            .map(|((spec, stats), (inflight, open))| TargetSnapshot {
+                url: spec.url.clone(),
+                counters: stats.snapshot(),
+                inflight,
+                breaker_open: open,
+            })
+            .collect();
+        Snapshot {
+            targets,
+            queue_jobs: w.engine.queued_jobs() as i64,
+            queue_bytes: w.engine.queued_bytes() as i64,
+            shared: false,
+        }
+    })
 }

@@ -1,0 +1,244 @@
+//! The status page: Prometheus text exposition (format 0.0.4) and JSON, rendered
+//! from a plain snapshot so the formats are unit-tested without nginx.
+
+use std::fmt::Write;
+
+use super::outcome::{BUCKETS_MS, CounterVec, Outcome, slot};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetSnapshot {
+    pub url: String,
+    pub counters: CounterVec,
+    pub inflight: i64,
+    /// Number of workers whose breaker for this target is open.
+    pub breaker_open: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    pub targets: Vec<TargetSnapshot>,
+    pub queue_jobs: i64,
+    pub queue_bytes: i64,
+    /// Whether these are sums over all workers (a zone is configured) or one worker's.
+    pub shared: bool,
+}
+
+/// Label values escaped per the text format: backslash, double quote and newline.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn json_str(v: &str) -> String {
+    let mut out = String::with_capacity(v.len() + 2);
+    out.push('"');
+    for c in v.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+pub fn prometheus(s: &Snapshot) -> String {
+    let mut o = String::new();
+    let family = |o: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    family(
+        &mut o,
+        "nginx_async_mirror_copies_total",
+        "counter",
+        "Copies that ended, by target, outcome and reason.",
+    );
+    for t in &s.targets {
+        let url = label(&t.url);
+        for i in 0..Outcome::COUNT {
+            let oc = Outcome::from_slot(i);
+            let reason = match oc.reason() {
+                "" => String::new(),
+                r => format!(",reason=\"{r}\""),
+            };
+            let _ = writeln!(
+                o,
+                "nginx_async_mirror_copies_total{{target=\"{url}\",outcome=\"{}\"{reason}}} {}",
+                oc.label(),
+                t.counters[i]
+            );
+        }
+    }
+    family(&mut o, "nginx_async_mirror_copies_attempted_total", "counter", "Copies attempted, by target.");
+    for t in &s.targets {
+        let _ = writeln!(
+            o,
+            "nginx_async_mirror_copies_attempted_total{{target=\"{}\"}} {}",
+            label(&t.url),
+            t.counters[slot::ATTEMPTED]
+        );
+    }
+    family(
+        &mut o,
+        "nginx_async_mirror_connections_opened_total",
+        "counter",
+        "Connections opened to a target.",
+    );
+    for t in &s.targets {
+        let _ = writeln!(
+            o,
+            "nginx_async_mirror_connections_opened_total{{target=\"{}\"}} {}",
+            label(&t.url),
+            t.counters[slot::CONNECTIONS]
+        );
+    }
+    family(&mut o, "nginx_async_mirror_inflight", "gauge", "Copies being sent now.");
+    for t in &s.targets {
+        let _ =
+            writeln!(o, "nginx_async_mirror_inflight{{target=\"{}\"}} {}", label(&t.url), t.inflight.max(0));
+    }
+    family(
+        &mut o,
+        "nginx_async_mirror_breaker_open",
+        "gauge",
+        "Workers whose circuit breaker for a target is open.",
+    );
+    for t in &s.targets {
+        let _ = writeln!(
+            o,
+            "nginx_async_mirror_breaker_open{{target=\"{}\"}} {}",
+            label(&t.url),
+            t.breaker_open.max(0)
+        );
+    }
+    family(&mut o, "nginx_async_mirror_queue_jobs", "gauge", "Copies waiting for a connection.");
+    let _ = writeln!(o, "nginx_async_mirror_queue_jobs {}", s.queue_jobs.max(0));
+    family(
+        &mut o,
+        "nginx_async_mirror_queue_bytes",
+        "gauge",
+        "Bytes held by copies waiting for a connection.",
+    );
+    let _ = writeln!(o, "nginx_async_mirror_queue_bytes {}", s.queue_bytes.max(0));
+    family(
+        &mut o,
+        "nginx_async_mirror_duration_seconds",
+        "histogram",
+        "Time to send a copy and read the response.",
+    );
+    for t in &s.targets {
+        let url = label(&t.url);
+        for (i, b) in BUCKETS_MS.iter().enumerate() {
+            let le = *b as f64 / 1000.0;
+            let _ = writeln!(
+                o,
+                "nginx_async_mirror_duration_seconds_bucket{{target=\"{url}\",le=\"{le}\"}} {}",
+                t.counters[slot::BUCKETS + i]
+            );
+        }
+        let count = t.counters[slot::DURATION_COUNT];
+        let _ =
+            writeln!(o, "nginx_async_mirror_duration_seconds_bucket{{target=\"{url}\",le=\"+Inf\"}} {count}");
+        let sum = t.counters[slot::DURATION_SUM_US] as f64 / 1e6;
+        let _ = writeln!(o, "nginx_async_mirror_duration_seconds_sum{{target=\"{url}\"}} {sum}");
+        let _ = writeln!(o, "nginx_async_mirror_duration_seconds_count{{target=\"{url}\"}} {count}");
+    }
+    o
+}
+
+pub fn json(s: &Snapshot) -> String {
+    let mut o = String::from("{");
+    let _ = write!(
+        o,
+        "\"shared\":{},\"queue_jobs\":{},\"queue_bytes\":{},\"targets\":[",
+        s.shared,
+        s.queue_jobs.max(0),
+        s.queue_bytes.max(0)
+    );
+    for (n, t) in s.targets.iter().enumerate() {
+        if n > 0 {
+            o.push(',');
+        }
+        let _ = write!(
+            o,
+            "{{\"target\":{},\"attempted\":{},\"connections_opened\":{},\"inflight\":{},\"breaker_open\":{},\"outcomes\":{{",
+            json_str(&t.url),
+            t.counters[slot::ATTEMPTED],
+            t.counters[slot::CONNECTIONS],
+            t.inflight.max(0),
+            t.breaker_open.max(0)
+        );
+        for i in 0..Outcome::COUNT {
+            let _ =
+                write!(o, "{}\"{}\":{}", if i > 0 { "," } else { "" }, Outcome::from_slot(i), t.counters[i]);
+        }
+        let count = t.counters[slot::DURATION_COUNT];
+        let mean_ms =
+            if count > 0 { t.counters[slot::DURATION_SUM_US] as f64 / count as f64 / 1000.0 } else { 0.0 };
+        let _ = write!(o, "}},\"duration_count\":{count},\"duration_mean_ms\":{mean_ms:.3}}}");
+    }
+    o.push_str("]}\n");
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Snapshot {
+        let mut counters = [0; slot::COUNTERS];
+        counters[Outcome::Ok.slot()] = 7;
+        counters[Outcome::Dropped(super::super::DropReason::QueueFull).slot()] = 3;
+        counters[slot::ATTEMPTED] = 10;
+        counters[slot::CONNECTIONS] = 2;
+        for i in 0..=BUCKETS_MS.len() {
+            counters[slot::BUCKETS + i] = if i < 2 { 5 } else { 7 };
+        }
+        counters[slot::DURATION_SUM_US] = 21_000;
+        counters[slot::DURATION_COUNT] = 7;
+        Snapshot {
+            targets: vec![TargetSnapshot {
+                url: "http://a\"b:1".into(),
+                counters,
+                inflight: 1,
+                breaker_open: 0,
+            }],
+            queue_jobs: 2,
+            queue_bytes: 300,
+            shared: true,
+        }
+    }
+
+    #[test]
+    fn prometheus_text() {
+        let text = prometheus(&sample());
+        assert!(text.contains("# TYPE nginx_async_mirror_copies_total counter\n"));
+        assert!(
+            text.contains("nginx_async_mirror_copies_total{target=\"http://a\\\"b:1\",outcome=\"ok\"} 7\n")
+        );
+        assert!(text.contains(
+            "nginx_async_mirror_copies_total{target=\"http://a\\\"b:1\",outcome=\"dropped\",reason=\"queue_full\"} 3\n"
+        ));
+        assert!(text.contains(
+            "nginx_async_mirror_duration_seconds_bucket{target=\"http://a\\\"b:1\",le=\"0.005\"} 5\n"
+        ));
+        assert!(text.contains("le=\"+Inf\"} 7\n"));
+        assert!(text.contains("nginx_async_mirror_duration_seconds_sum{target=\"http://a\\\"b:1\"} 0.021\n"));
+        assert!(text.contains("nginx_async_mirror_queue_bytes 300\n"));
+        assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn json_document() {
+        let j = json(&sample());
+        assert!(j.starts_with("{\"shared\":true,\"queue_jobs\":2,\"queue_bytes\":300,\"targets\":[{\"target\":\"http://a\\\"b:1\""));
+        assert!(j.contains("\"ok\":7"));
+        assert!(j.contains("\"dropped_queue_full\":3"));
+        assert!(j.contains("\"duration_mean_ms\":3.000"));
+    }
+}

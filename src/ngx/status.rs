@@ -1,0 +1,98 @@
+//! `async_mirror_status` (the metrics page) and the `$async_mirror_outcome` variable.
+
+use ngx::ffi::{
+    NGX_ERROR, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED, NGX_OK,
+    ngx_chain_t, ngx_create_temp_buf, ngx_http_arg, ngx_http_discard_request_body, ngx_http_output_filter,
+    ngx_http_request_t, ngx_http_send_header, ngx_http_variable_value_t, ngx_int_t, ngx_str_t, ngx_uint_t,
+};
+
+use super::handler::RequestCtx;
+use super::process;
+use crate::engine::status;
+
+pub unsafe extern "C" fn status_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    let result = std::panic::catch_unwind(|| {
+        // SAFETY: nginx passes a valid request to content handlers.
+        unsafe { serve(&mut *r) }
+    });
+    result.unwrap_or_else(|_| {
+        process::log_alert("async_mirror: panic in status handler");
+        NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t
+    })
+}
+
+/// # Safety
+/// `r` is the request being handled, on the nginx thread.
+unsafe fn serve(r: &mut ngx_http_request_t) -> ngx_int_t {
+    if r.method & (NGX_HTTP_GET | NGX_HTTP_HEAD) as ngx_uint_t == 0 {
+        return NGX_HTTP_NOT_ALLOWED as ngx_int_t;
+    }
+    // SAFETY: valid request; nginx's own stub_status does the same.
+    let rc = unsafe { ngx_http_discard_request_body(r) };
+    if rc != NGX_OK as ngx_int_t {
+        return rc;
+    }
+    let mut format = ngx_str_t { len: 0, data: std::ptr::null_mut() };
+    // SAFETY: the name is a static byte string; the value points into the request line.
+    let json = unsafe { ngx_http_arg(r, c"format".as_ptr().cast_mut().cast(), 6, &mut format) }
+        == NGX_OK as ngx_int_t
+        && format.len == 4
+        && unsafe { std::slice::from_raw_parts(format.data, 4) } == b"json";
+    let snap = process::snapshot();
+    let (body, ctype): (String, &'static str) = if json {
+        (status::json(&snap), "application/json")
+    } else {
+        (status::prometheus(&snap), status::PROMETHEUS_CONTENT_TYPE)
+    };
+
+    r.headers_out.status = 200;
+    r.headers_out.content_length_n = body.len() as _;
+    r.headers_out.content_type = ngx_str_t { len: ctype.len(), data: ctype.as_ptr().cast_mut() };
+    r.headers_out.content_type_len = ctype.len();
+    // SAFETY: headers are set; nginx owns the response from here.
+    let rc = unsafe { ngx_http_send_header(r) };
+    if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || r.header_only() != 0 {
+        return rc;
+    }
+    // SAFETY: a buffer from the request pool, filled before it is linked into the chain.
+    unsafe {
+        let b = ngx_create_temp_buf(r.pool, body.len().max(1));
+        if b.is_null() {
+            return NGX_ERROR as ngx_int_t;
+        }
+        std::ptr::copy_nonoverlapping(body.as_ptr(), (*b).pos, body.len());
+        (*b).last = (*b).pos.add(body.len());
+        (*b).set_last_buf(1);
+        (*b).set_last_in_chain(1);
+        let mut out = ngx_chain_t { buf: b, next: std::ptr::null_mut() };
+        ngx_http_output_filter(r, &mut out)
+    }
+}
+
+/// `$async_mirror_outcome`: e.g. `queued`, `skipped`, `dropped:queue_full`, one per target.
+pub unsafe extern "C" fn outcome_variable(
+    r: *mut ngx_http_request_t,
+    v: *mut ngx_http_variable_value_t,
+    _data: usize,
+) -> ngx_int_t {
+    let result = std::panic::catch_unwind(|| {
+        // SAFETY: nginx passes a valid request and value slot.
+        let (r, v) = unsafe { (&*r, &mut *v) };
+        // SAFETY: r.main is the main request, alive while any of its subrequests is.
+        let main = unsafe { &*r.main };
+        match RequestCtx::find(main).map(RequestCtx::outcome).filter(|o| !o.is_empty()) {
+            Some(o) => {
+                v.set_len(o.len() as _);
+                v.data = o.as_ptr().cast_mut();
+                v.set_valid(1);
+                v.set_no_cacheable(1);
+                v.set_not_found(0);
+            }
+            None => v.set_not_found(1),
+        }
+    });
+    if result.is_err() {
+        return NGX_ERROR as ngx_int_t;
+    }
+    NGX_OK as ngx_int_t
+}

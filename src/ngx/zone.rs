@@ -1,0 +1,226 @@
+//! `async_mirror_zone`: counters summed over all workers in shared memory.
+//!
+//! nginx lays every shared zone out as a slab pool (its master even reads the
+//! pool's mutex when a worker dies), so the table is one slab allocation whose
+//! address is kept in the pool's `data` field.
+//!
+//! The zone is a flat table of per-target slots keyed by URL. Slots are
+//! assigned only in the master while it loads a configuration (single
+//! threaded), so workers never allocate or lock: they add deltas to atomics.
+//! nginx hands the same memory to the new configuration on reload when name
+//! and size are unchanged, so counters survive reloads.
+
+use std::ffi::c_void;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use ngx::ffi::{
+    NGX_ERROR, NGX_LOG_EMERG, NGX_OK, ngx_int_t, ngx_shm_zone_t, ngx_slab_alloc, ngx_slab_pool_t,
+};
+use ngx::ngx_log_error;
+
+use super::conf::MainConf;
+use crate::engine::outcome::{CounterVec, slot};
+
+const MAGIC: u64 = 0x6173_796e_636d_6972; // "asyncmir"
+pub const URL_MAX: usize = 512;
+
+#[repr(C)]
+struct Header {
+    magic: AtomicU64,
+    slots: AtomicU64,
+    queue_jobs: AtomicI64,
+    queue_bytes: AtomicI64,
+}
+
+#[repr(C)]
+pub struct Slot {
+    used: AtomicU64,
+    url_len: AtomicU64,
+    url: [u8; URL_MAX],
+    counters: [AtomicU64; slot::COUNTERS],
+    inflight: AtomicI64,
+    breaker_open: AtomicI64,
+}
+
+/// The smallest zone that holds one target.
+pub const MIN_SIZE: usize = 32 * 1024;
+
+/// A view of the zone's memory; valid for the life of the configuration that created it.
+#[derive(Clone, Copy)]
+pub struct Zone {
+    header: NonNull<Header>,
+    capacity: usize,
+}
+
+impl Zone {
+    /// # Safety
+    /// `shm` must be an initialised zone created by [`init_zone`].
+    pub unsafe fn from_shm(shm: *mut ngx_shm_zone_t) -> Option<Zone> {
+        // SAFETY: per the contract, the zone starts with nginx's slab pool whose data is our table.
+        let sp = unsafe { (*shm).shm.addr.cast::<ngx_slab_pool_t>().as_ref()? };
+        let header = NonNull::new(sp.data.cast::<Header>())?;
+        // SAFETY: the header was initialised by init_zone.
+        let h = unsafe { header.as_ref() };
+        if h.magic.load(Ordering::Acquire) != MAGIC {
+            return None;
+        }
+        Some(Zone { header, capacity: h.slots.load(Ordering::Acquire) as usize })
+    }
+
+    fn header(&self) -> &Header {
+        // SAFETY: the mapping lives as long as the configuration.
+        unsafe { self.header.as_ref() }
+    }
+
+    fn slot(&self, i: usize) -> &Slot {
+        debug_assert!(i < self.capacity);
+        // SAFETY: slots follow the header, `capacity` of them fit in the mapping.
+        unsafe { &*self.header.as_ptr().add(1).cast::<Slot>().add(i) }
+    }
+
+    fn slot_url(&self, i: usize) -> &[u8] {
+        let s = self.slot(i);
+        let len = (s.url_len.load(Ordering::Acquire) as usize).min(URL_MAX);
+        &s.url[..len]
+    }
+
+    /// The slot of `url`, if the master assigned one.
+    pub fn find(&self, url: &str) -> Option<&Slot> {
+        (0..self.capacity)
+            .take_while(|&i| self.slot(i).used.load(Ordering::Acquire) == 1)
+            .find(|&i| self.slot_url(i) == url.as_bytes())
+            .map(|i| self.slot(i))
+    }
+
+    /// Every assigned slot: (url, counters, inflight, breaker_open).
+    pub fn read(&self) -> Vec<(String, CounterVec, i64, i64)> {
+        let mut out = Vec::new();
+        for i in 0..self.capacity {
+            let s = self.slot(i);
+            if s.used.load(Ordering::Acquire) != 1 {
+                break;
+            }
+            let mut c = [0; slot::COUNTERS];
+            for (k, v) in s.counters.iter().enumerate() {
+                c[k] = v.load(Ordering::Relaxed);
+            }
+            out.push((
+                String::from_utf8_lossy(self.slot_url(i)).into_owned(),
+                c,
+                s.inflight.load(Ordering::Relaxed),
+                s.breaker_open.load(Ordering::Relaxed),
+            ));
+        }
+        out
+    }
+
+    pub fn queue(&self) -> (i64, i64) {
+        let h = self.header();
+        (h.queue_jobs.load(Ordering::Relaxed), h.queue_bytes.load(Ordering::Relaxed))
+    }
+
+    pub fn add_queue(&self, jobs: i64, bytes: i64) {
+        let h = self.header();
+        h.queue_jobs.fetch_add(jobs, Ordering::Relaxed);
+        h.queue_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Assigns a slot to `url` (master only, while loading configuration).
+    fn assign(&self, url: &str) -> bool {
+        for i in 0..self.capacity {
+            let s = self.slot(i);
+            if s.used.load(Ordering::Acquire) == 0 {
+                // SAFETY: only the master writes URLs, and only to unused slots no worker reads.
+                let dst = s.url.as_ptr().cast_mut();
+                unsafe { std::ptr::copy_nonoverlapping(url.as_ptr(), dst, url.len()) };
+                s.url_len.store(url.len() as u64, Ordering::Release);
+                s.used.store(1, Ordering::Release);
+                return true;
+            }
+            if self.slot_url(i) == url.as_bytes() {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+impl Slot {
+    pub fn add(&self, delta: &CounterVec) {
+        for (c, d) in self.counters.iter().zip(delta) {
+            if *d != 0 {
+                c.fetch_add(*d, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn add_gauges(&self, inflight: i64, breaker_open: i64) {
+        self.inflight.fetch_add(inflight, Ordering::Relaxed);
+        self.breaker_open.fetch_add(breaker_open, Ordering::Relaxed);
+    }
+}
+
+/// nginx's zone init callback; `shm.data` is the MainConf that declared the zone.
+pub unsafe extern "C" fn init_zone(shm: *mut ngx_shm_zone_t, _old: *mut c_void) -> ngx_int_t {
+    let result = std::panic::catch_unwind(|| {
+        // SAFETY: nginx passes the zone it mapped; data was set to our MainConf by the directive.
+        let (zone_ref, mc) = unsafe { (&*shm, &*(*shm).data.cast::<MainConf>()) };
+        let log = zone_ref.shm.log;
+        // A reused zone (same name and size across a reload) keeps its table and counters.
+        let zone = match unsafe { Zone::from_shm(shm) } {
+            Some(z) => z,
+            None => match unsafe { create_table(zone_ref) } {
+                Some(z) => z,
+                None => {
+                    ngx_log_error!(NGX_LOG_EMERG, log, "async_mirror: cannot allocate the zone's table");
+                    return NGX_ERROR as ngx_int_t;
+                }
+            },
+        };
+        for t in &mc.targets {
+            if !zone.assign(&t.url) {
+                ngx_log_error!(
+                    NGX_LOG_EMERG,
+                    log,
+                    "async_mirror: zone is too small for {} targets (holds {})",
+                    mc.targets.len(),
+                    zone.capacity
+                );
+                return NGX_ERROR as ngx_int_t;
+            }
+        }
+        NGX_OK as ngx_int_t
+    });
+    result.unwrap_or(NGX_ERROR as ngx_int_t)
+}
+
+/// Allocates the largest table the fresh slab pool can hold and records it in `sp->data`.
+///
+/// # Safety
+/// `zone` is a freshly initialised shared zone (nginx set up its slab pool).
+unsafe fn create_table(zone: &ngx_shm_zone_t) -> Option<Zone> {
+    let sp = zone.shm.addr.cast::<ngx_slab_pool_t>();
+    // SAFETY: per the contract; trying sizes that do not fit is expected, not worth a log line.
+    unsafe { (*sp).set_log_nomem(0) };
+    let mut capacity = zone.shm.size / size_of::<Slot>();
+    while capacity > 0 {
+        let bytes = size_of::<Header>() + capacity * size_of::<Slot>();
+        // SAFETY: allocation from the zone's own pool while the master loads configuration.
+        let p = unsafe { ngx_slab_alloc(sp, bytes) };
+        if !p.is_null() {
+            // SAFETY: p holds `bytes` fresh bytes; zero is the empty table.
+            unsafe {
+                std::ptr::write_bytes(p.cast::<u8>(), 0, bytes);
+                let h = &*p.cast::<Header>();
+                h.slots.store(capacity as u64, Ordering::Release);
+                h.magic.store(MAGIC, Ordering::Release);
+                (*sp).data = p;
+                (*sp).set_log_nomem(1);
+            }
+            return Some(Zone { header: NonNull::new(p.cast())?, capacity });
+        }
+        capacity = capacity * 9 / 10;
+    }
+    None
+}
