@@ -13,12 +13,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
+use hyper::Request;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::time::timeout;
 
+use super::body::BodyRx;
 use super::breaker::{Breaker, BreakerSettings};
 use super::job::RequestHead;
 use super::logq::LogQueue;
@@ -78,51 +80,58 @@ impl Target {
 
     /// Sends one copy, reads the whole response and feeds the result to the breaker;
     /// the caller holds a permit.
-    pub async fn deliver(&self, head: &RequestHead, opts: CopyOptions, now_ms: impl Fn() -> u64) -> Outcome {
-        let outcome = self.exchange_once(head, opts).await;
-        match outcome {
-            Outcome::Failed(_) => {
+    pub async fn deliver(
+        &self,
+        head: &RequestHead,
+        body: Option<BodyRx>,
+        opts: CopyOptions,
+        now_ms: impl Fn() -> u64,
+    ) -> Outcome {
+        let state = body.as_ref().map(|b| b.state.clone());
+        let body = body.map_or_else(empty_body, BodyRx::boxed);
+        let result = self.send(head.to_request(&self.spec.prefix, &self.authority, body), opts).await;
+        // A body that ended early decides the outcome and says nothing about the mirror.
+        if let Some(why) = state.and_then(|s| s.aborted()) {
+            return why.outcome();
+        }
+        match result {
+            Ok(outcome) => {
+                self.breaker.success();
+                outcome
+            }
+            Err(Failed(reason, detail)) => {
+                let outcome = Outcome::Failed(reason);
+                self.log.push(self.index, || format!("copy failed ({outcome}): {detail}"));
                 if self.breaker.failure(now_ms(), opts.breaker) {
                     let t = opts.breaker.fail_timeout;
                     self.log.push(self.index, || {
                         format!("{} consecutive failures, target skipped for {t:?}", opts.breaker.max_fails)
                     });
                 }
+                outcome
             }
-            _ => self.breaker.success(),
         }
-        outcome
     }
 
-    async fn exchange_once(&self, head: &RequestHead, limits: CopyOptions) -> Outcome {
+    async fn send(&self, mut req: Request<CopyBody>, opts: CopyOptions) -> Result<Outcome, Failed> {
         // A pooled connection the mirror closed meanwhile fails before anything is
-        // sent; that one case is retried once on a fresh connection.
+        // sent; hyper then hands the request back and it goes out on a fresh connection.
         if let Some(sender) = self.checkout() {
-            match self.exchange(sender, head, limits.timeout).await {
-                Err(Failure::Stale) => {}
-                done => return self.settle(done),
+            match self.exchange(sender, req, opts.timeout).await {
+                Err((Failure::Stale, Some(back))) => req = back,
+                done => return self.settle(done.map_err(|(f, _)| f)),
             }
         }
-        let sender = match self.connect(limits.connect_timeout).await {
-            Ok(s) => s,
-            Err(o) => return o,
-        };
-        self.settle(self.exchange(sender, head, limits.timeout).await)
+        let sender = self.connect(opts.connect_timeout).await?;
+        self.settle(self.exchange(sender, req, opts.timeout).await.map_err(|(f, _)| f))
     }
 
-    fn settle(&self, r: Result<Outcome, Failure>) -> Outcome {
-        match r {
-            Ok(o) => o,
-            Err(Failure::Stale) => self.fail(FailReason::Reset, "connection closed by mirror".into()),
-            Err(Failure::Timeout) => self.fail(FailReason::Timeout, "mirror timed out".into()),
-            Err(Failure::Http(e)) => self.fail(FailReason::Reset, e.to_string()),
-        }
-    }
-
-    fn fail(&self, reason: FailReason, detail: String) -> Outcome {
-        let outcome = Outcome::Failed(reason);
-        self.log.push(self.index, || format!("copy failed ({outcome}): {detail}"));
-        outcome
+    fn settle(&self, r: Result<Outcome, Failure>) -> Result<Outcome, Failed> {
+        r.map_err(|f| match f {
+            Failure::Stale => Failed(FailReason::Reset, "connection closed by mirror".into()),
+            Failure::Timeout => Failed(FailReason::Timeout, "mirror timed out".into()),
+            Failure::Http(e) => Failed(FailReason::Reset, e.to_string()),
+        })
     }
 
     fn checkout(&self) -> Option<SendRequest<CopyBody>> {
@@ -149,17 +158,18 @@ impl Target {
         }
     }
 
-    async fn connect(&self, limit: Duration) -> Result<SendRequest<CopyBody>, Outcome> {
+    async fn connect(&self, limit: Duration) -> Result<SendRequest<CopyBody>, Failed> {
         let addr = self.spec.addr;
         let stream = match timeout(limit, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                return Err(self.fail(FailReason::Connect, format!("connect() to {addr} failed: {e}")));
+                return Err(Failed(FailReason::Connect, format!("connect() to {addr} failed: {e}")));
             }
             Err(_) => {
-                return Err(
-                    self.fail(FailReason::Connect, format!("connect() to {addr} timed out after {limit:?}"))
-                );
+                return Err(Failed(
+                    FailReason::Connect,
+                    format!("connect() to {addr} timed out after {limit:?}"),
+                ));
             }
         };
         self.stats.connections_opened.fetch_add(1, Ordering::Relaxed);
@@ -167,7 +177,7 @@ impl Target {
         let (sender, conn) = match http1::handshake(TokioIo::new(stream)).await {
             Ok(pair) => pair,
             Err(e) => {
-                return Err(self.fail(FailReason::Connect, format!("handshake with {addr} failed: {e}")));
+                return Err(Failed(FailReason::Connect, format!("handshake with {addr} failed: {e}")));
             }
         };
         tokio::spawn(async move {
@@ -179,29 +189,32 @@ impl Target {
     async fn exchange(
         &self,
         mut sender: SendRequest<CopyBody>,
-        head: &RequestHead,
+        req: Request<CopyBody>,
         limit: Duration,
-    ) -> Result<Outcome, Failure> {
-        let req = head.to_request(&self.spec.prefix, &self.authority, empty_body());
+    ) -> Result<Outcome, (Failure, Option<Request<CopyBody>>)> {
         let work = async {
-            let resp = sender
-                .send_request(req)
-                .await
-                .map_err(|e| if e.is_canceled() { Failure::Stale } else { Failure::Http(e) })?;
+            let resp = sender.try_send_request(req).await.map_err(|mut e| {
+                let back = e.take_message();
+                let err = e.into_error();
+                if err.is_canceled() { (Failure::Stale, back) } else { (Failure::Http(err), None) }
+            })?;
             let outcome = Outcome::from_status(resp.status().as_u16());
             // Read to the end: only a fully read response leaves the connection reusable.
             let mut body = resp.into_body();
             while let Some(frame) = body.frame().await {
-                frame.map_err(Failure::Http)?;
+                frame.map_err(|e| (Failure::Http(e), None))?;
             }
             if sender.ready().await.is_ok() {
                 self.checkin(sender);
             }
             Ok(outcome)
         };
-        timeout(limit, work).await.unwrap_or(Err(Failure::Timeout))
+        timeout(limit, work).await.unwrap_or(Err((Failure::Timeout, None)))
     }
 }
+
+/// A failed copy: why, and what to say in the error log.
+pub struct Failed(FailReason, String);
 
 enum Failure {
     Stale,

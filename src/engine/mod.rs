@@ -4,6 +4,7 @@
 //! to the [`Engine`], which sends it to each target on its own Tokio runtime.
 #![forbid(unsafe_code)]
 
+pub mod body;
 pub mod breaker;
 pub mod client;
 pub mod job;
@@ -12,6 +13,7 @@ pub mod outcome;
 pub mod parse;
 pub mod queue;
 pub mod runtime;
+pub mod sample;
 pub mod status;
 
 pub use breaker::BreakerSettings;

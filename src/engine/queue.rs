@@ -47,6 +47,20 @@ impl Backlog {
         Some(Reservation { backlog: self.clone(), bytes })
     }
 
+    /// Charges streamed body bytes to the same budget; `false` (nothing taken) when over.
+    pub fn take_bytes(&self, bytes: usize) -> bool {
+        let before = self.bytes.fetch_add(bytes, Ordering::AcqRel);
+        if before.saturating_add(bytes) > self.max_bytes {
+            self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    pub fn give_bytes(&self, bytes: usize) {
+        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
     pub fn jobs(&self) -> usize {
         self.jobs.load(Ordering::Relaxed)
     }

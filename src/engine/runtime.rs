@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
+use super::body::{self, BodyRx, BodyTx};
 use super::breaker::Admission;
 use super::client::{ClientSettings, CopyOptions, Target};
 use super::job::RequestHead;
@@ -27,6 +28,7 @@ pub struct EngineSettings {
 
 struct Job {
     head: Arc<RequestHead>,
+    body: Option<BodyRx>,
     opts: CopyOptions,
     probe: bool,
     ticket: Ticket,
@@ -99,6 +101,10 @@ impl Engine {
         &self.log
     }
 
+    pub fn target_url(&self, index: usize) -> &str {
+        self.targets.get(index).map_or("", |t| t.spec.url.as_str())
+    }
+
     /// Opens the accounting for one copy to target `index`.
     pub fn ticket(&self, index: usize) -> Option<Ticket> {
         self.targets.get(index).map(|t| Ticket::new(t.stats.clone()))
@@ -136,6 +142,7 @@ impl Engine {
         &self,
         index: usize,
         head: &Arc<RequestHead>,
+        body: Option<BodyRx>,
         opts: CopyOptions,
         probe: bool,
         ticket: Ticket,
@@ -152,8 +159,13 @@ impl Engine {
             return Err(DropReason::QueueFull);
         };
         // A closed channel returns the job, whose ticket then counts `dropped{shutdown}`.
-        tx.send(Job { head: head.clone(), opts, probe, ticket, reservation })
+        tx.send(Job { head: head.clone(), body, opts, probe, ticket, reservation })
             .map_err(|_| DropReason::Shutdown)
+    }
+
+    /// A body stream for one copy, charged to this worker's byte budget.
+    pub fn body_channel(&self, max: u64, length: Option<u64>) -> (BodyTx, BodyRx) {
+        body::channel(self.backlog.clone(), max, length)
     }
 
     pub fn queued_bytes(&self) -> usize {
@@ -198,7 +210,7 @@ async fn dispatch(target: Arc<Target>, mut rx: UnboundedReceiver<Job>, clock: Cl
             job = rx.recv() => job,
             _ = sweep.tick() => { target.sweep(); continue; }
         };
-        let Some(Job { head, opts, probe, ticket, reservation }) = job else { break };
+        let Some(Job { head, body, opts, probe, ticket, reservation }) = job else { break };
         // Waiting here keeps the job in the backlog: the connection cap is the in-flight cap.
         let Ok(permit) = target.permits.clone().acquire_owned().await else { break };
         drop(reservation);
@@ -211,7 +223,7 @@ async fn dispatch(target: Arc<Target>, mut rx: UnboundedReceiver<Job>, clock: Cl
         let t = target.clone();
         tokio::spawn(async move {
             let started = Instant::now();
-            let outcome = t.deliver(&head, opts, move || clock.now_ms()).await;
+            let outcome = t.deliver(&head, body, opts, move || clock.now_ms()).await;
             t.stats.observe(started.elapsed());
             t.stats.inflight.fetch_sub(1, Ordering::Relaxed);
             ticket.finish(outcome);

@@ -24,6 +24,8 @@ pub mod defaults {
     pub const THREADS: usize = 1;
     pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
     pub const MAX_FAILS: u32 = 3;
+    pub const BODY: bool = true;
+    pub const BODY_MAX_SIZE: u64 = 1 << 20;
     pub const FAIL_TIMEOUT: Duration = Duration::from_secs(10);
 }
 
@@ -41,6 +43,9 @@ pub struct MainConf {
     pub drain_timeout: Option<Duration>,
     /// `async_mirror_zone`: counters summed over workers.
     pub zone: Option<NonNull<ngx_shm_zone_t>>,
+    /// One token bucket per `rate=` parameter (copies per second), shared by every
+    /// location that inherits that `async_mirror` line.
+    pub rates: Vec<u32>,
 }
 
 impl MainConf {
@@ -79,10 +84,23 @@ pub struct SetHeader {
     pub value: *mut ngx_http_complex_value_t,
 }
 
+/// One `async_mirror URL [sample=] [key=] [rate=]` line.
+#[derive(Debug, Clone, Copy)]
+pub struct MirrorRef {
+    /// Index into `MainConf::targets`.
+    pub target: usize,
+    /// Fraction of requests copied, in parts per million.
+    pub sample_ppm: u32,
+    /// `key=`: consistent sampling on this value instead of random.
+    pub key: Option<NonNull<ngx_http_complex_value_t>>,
+    /// Index into `MainConf::rates`.
+    pub rate: Option<usize>,
+}
+
 #[derive(Debug, Default)]
 pub struct LocConf {
-    /// Target indices; `Some(empty)` is `async_mirror off`.
-    pub mirrors: Option<Vec<usize>>,
+    /// `Some(empty)` is `async_mirror off`.
+    pub mirrors: Option<Vec<MirrorRef>>,
     pub set_headers: Option<Vec<SetHeader>>,
     pub conditions: Option<Vec<*mut ngx_http_complex_value_t>>,
     /// `Some(None)` is `async_mirror_mark_header off`.
@@ -91,10 +109,20 @@ pub struct LocConf {
     pub timeout: Option<Duration>,
     pub max_fails: Option<u32>,
     pub fail_timeout: Option<Duration>,
+    pub body: Option<bool>,
+    pub body_max_size: Option<u64>,
 }
 
 impl LocConf {
-    pub fn mirrors(&self) -> &[usize] {
+    pub fn body(&self) -> bool {
+        self.body.unwrap_or(defaults::BODY)
+    }
+
+    pub fn body_max_size(&self) -> u64 {
+        self.body_max_size.unwrap_or(defaults::BODY_MAX_SIZE)
+    }
+
+    pub fn mirrors(&self) -> &[MirrorRef] {
         self.mirrors.as_deref().unwrap_or(&[])
     }
 
@@ -142,6 +170,8 @@ impl Merge for LocConf {
         self.timeout = self.timeout.or(prev.timeout);
         self.max_fails = self.max_fails.or(prev.max_fails);
         self.fail_timeout = self.fail_timeout.or(prev.fail_timeout);
+        self.body = self.body.or(prev.body);
+        self.body_max_size = self.body_max_size.or(prev.body_max_size);
         Ok(())
     }
 }

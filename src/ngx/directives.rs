@@ -19,10 +19,10 @@ use ngx::ffi::{
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
 use ngx::{ngx_conf_log_error, ngx_string};
 
-use super::conf::{LocConf, MainConf, SetHeader};
+use super::conf::{LocConf, MainConf, MirrorRef, SetHeader};
 use super::module::{Module, ngx_http_async_mirror_module};
 use super::{status, zone};
-use crate::engine::parse;
+use crate::engine::{parse, sample};
 
 enum ConfError {
     /// nginx's own wording: `"NAME" directive is duplicate`.
@@ -123,19 +123,39 @@ directive!(cmd_async_mirror, LocConf, |cf, lc, args| {
     if matches!(&lc.mirrors, Some(v) if v.is_empty()) {
         return Err(ConfError::Duplicate);
     }
-    if let Some(param) = args.get(1) {
-        return Err(format!("unknown parameter \"{param}\"").into());
-    }
     let spec = parse::parse_url(args[0])?;
+    let (mut sample, mut key, mut rate) = (None, None, None);
+    for param in &args[1..] {
+        let (name, value) = param.split_once('=').unwrap_or((param, ""));
+        match name {
+            "sample" if sample.is_none() => sample = Some(sample::parse_percent(value)?),
+            "key" if key.is_none() => {
+                if value.is_empty() {
+                    return Err(ConfError::Msg("empty key=".into()));
+                }
+                key = std::ptr::NonNull::new(complex_value(cf, value)?);
+            }
+            "rate" if rate.is_none() => rate = Some(sample::parse_rate(value)?),
+            "sample" | "key" | "rate" => return Err(format!("duplicate parameter \"{param}\"").into()),
+            _ => return Err(format!("unknown parameter \"{param}\"").into()),
+        }
+    }
+    if key.is_some() && sample.is_none() {
+        return Err(ConfError::Msg("key= needs sample=".into()));
+    }
     let Some(mc) = Module::main_conf_mut(&*cf) else {
         return Err(ConfError::Msg("no http main configuration".into()));
     };
-    let index = mc.register(spec);
+    let target = mc.register(spec);
+    let rate = rate.map(|r| {
+        mc.rates.push(r);
+        mc.rates.len() - 1
+    });
     let list = lc.mirrors.get_or_insert_with(Vec::new);
-    if list.contains(&index) {
+    if list.iter().any(|m| m.target == target) {
         return Err(format!("duplicate target \"{}\"", args[0]).into());
     }
-    list.push(index);
+    list.push(MirrorRef { target, sample_ppm: sample.unwrap_or(sample::PPM), key, rate });
     Ok(())
 });
 
@@ -209,6 +229,12 @@ directive!(cmd_status, LocConf, |cf, _lc, _args| {
     Ok(())
 });
 
+directive!(cmd_body, LocConf, |_cf, lc, args| set_once(&mut lc.body, parse::parse_flag(args[0])?));
+
+directive!(cmd_body_max_size, LocConf, |_cf, lc, args| {
+    set_once(&mut lc.body_max_size, parse::parse_size(args[0])?)
+});
+
 directive!(cmd_max_fails, LocConf, |_cf, lc, args| {
     // 0 disables the breaker, as max_fails=0 does for an upstream server.
     let n = if args[0] == "0" { 0 } else { parse::parse_count(args[0], 1_000_000)? as u32 };
@@ -266,13 +292,15 @@ const fn command(
     }
 }
 
-pub static mut COMMANDS: [ngx_command_t; 17] = [
+pub static mut COMMANDS: [ngx_command_t; 19] = [
     command(ngx_string!("async_mirror"), HSL | NGX_CONF_1MORE, cmd_async_mirror, false),
     command(ngx_string!("async_mirror_set_header"), HSL | NGX_CONF_TAKE2, cmd_set_header, false),
     command(ngx_string!("async_mirror_if"), HSL | NGX_CONF_1MORE, cmd_if, false),
     command(ngx_string!("async_mirror_mark_header"), HSL | NGX_CONF_TAKE1, cmd_mark_header, false),
     command(ngx_string!("async_mirror_connect_timeout"), HSL | NGX_CONF_TAKE1, cmd_connect_timeout, false),
     command(ngx_string!("async_mirror_timeout"), HSL | NGX_CONF_TAKE1, cmd_timeout, false),
+    command(ngx_string!("async_mirror_body"), HSL | NGX_CONF_TAKE1, cmd_body, false),
+    command(ngx_string!("async_mirror_body_max_size"), HSL | NGX_CONF_TAKE1, cmd_body_max_size, false),
     command(ngx_string!("async_mirror_max_fails"), HSL | NGX_CONF_TAKE1, cmd_max_fails, false),
     command(ngx_string!("async_mirror_fail_timeout"), HSL | NGX_CONF_TAKE1, cmd_fail_timeout, false),
     command(

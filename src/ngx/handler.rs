@@ -11,8 +11,10 @@ use ngx::http::HttpModuleLocationConf;
 
 use super::conf::LocConf;
 use super::module::Module;
-use super::process::with_engine;
+use super::process::{Selection, with_engine};
+use crate::engine::body::BodyTx;
 use crate::engine::job::CaptureError;
+use crate::engine::sample::{PPM, key_bucket};
 use crate::engine::{DropReason, Engine, HeaderEdits, Outcome, RequestHead};
 
 /// Always declines: the request goes on exactly as without the module, whatever happens here.
@@ -51,26 +53,61 @@ fn mirror_request(r: &mut ngx_http_request_t) {
         panic!("test-panic header");
     }
     // SAFETY: the context lives in the request pool, apart from the fields read here.
-    with_engine(|engine| dispatch(r, lc, engine, unsafe { ctx.as_mut() }));
+    with_engine(|engine, select| dispatch(r, lc, engine, select, unsafe { ctx.as_mut() }));
 }
 
-fn dispatch(r: &ngx_http_request_t, lc: &LocConf, engine: &Engine, ctx: &mut RequestCtx) {
+fn dispatch(
+    r: &ngx_http_request_t,
+    lc: &LocConf,
+    engine: &Engine,
+    select: &mut Selection,
+    ctx: &mut RequestCtx,
+) {
     let headers = HeaderIter::new(&r.headers_in.headers);
     let mark = lc.mark_header();
     let is = |name: &[u8]| headers.clone().any(|(n, _)| n.eq_ignore_ascii_case(name));
-    // Loop guard, WebSocket/Upgrade, and bodies (not copied yet, see README) are skipped.
+    let length = r.headers_in.content_length_n;
+    let has_body = length > 0 || r.headers_in.chunked() != 0;
+    let stream_body = has_body && lc.body();
+    // The loop guard and WebSocket/Upgrade requests are never copied; nor is a body
+    // something else already started reading (the filter could not see all of it).
     let skip = mark.is_some_and(|m| is(m.as_bytes()))
         || is(b"upgrade")
-        || r.headers_in.content_length_n > 0
-        || r.headers_in.chunked() != 0;
+        || (stream_body && !r.request_body.is_null());
+    let too_large = stream_body && length > 0 && length as u64 > lc.body_max_size();
     let opts = lc.copy_options();
     let mut head: Option<Result<Arc<RequestHead>, CaptureError>> = None;
-    for &index in lc.mirrors() {
+    let now = std::time::Instant::now();
+    for m in lc.mirrors() {
+        let index = m.target;
+        // Sampled-out requests were never meant to be copied: not counted.
+        if m.sample_ppm < PPM {
+            let bucket = match m.key {
+                Some(key) => key_bucket(engine.target_url(index), eval(r, key.as_ptr()).unwrap_or(b"")),
+                None => select.rng.bucket(),
+            };
+            if bucket >= m.sample_ppm {
+                ctx.push("sampled_out");
+                continue;
+            }
+        }
         let Some(ticket) = engine.ticket(index) else { continue };
         if skip {
             ticket.finish(Outcome::Skipped);
             ctx.push("skipped");
             continue;
+        }
+        if too_large {
+            ticket.finish(Outcome::Dropped(DropReason::BodyTooLarge));
+            ctx.push_drop(DropReason::BodyTooLarge);
+            continue;
+        }
+        if let Some(bucket) = m.rate.and_then(|b| select.buckets.get_mut(b)) {
+            if !bucket.take(now) {
+                ticket.finish(Outcome::Dropped(DropReason::RateLimited));
+                ctx.push_drop(DropReason::RateLimited);
+                continue;
+            }
         }
         // Breaker and backlog are checked before capturing: a drop costs no allocation.
         let probe = match engine.admit(index, &opts) {
@@ -81,11 +118,19 @@ fn dispatch(r: &ngx_http_request_t, lc: &LocConf, engine: &Engine, ctx: &mut Req
                 continue;
             }
         };
-        match head.get_or_insert_with(|| capture(r, lc, mark).map(Arc::new)) {
-            Ok(h) => match engine.submit(index, h, opts, probe, ticket) {
-                Ok(()) => ctx.push("queued"),
-                Err(reason) => ctx.push_drop(reason),
-            },
+        match head.get_or_insert_with(|| capture(r, lc, mark, has_body && !stream_body).map(Arc::new)) {
+            Ok(h) => {
+                let body = stream_body.then(|| {
+                    let (tx, rx) =
+                        engine.body_channel(lc.body_max_size(), (length > 0).then_some(length as u64));
+                    ctx.bodies.push(tx);
+                    rx
+                });
+                match engine.submit(index, h, body, opts, probe, ticket) {
+                    Ok(()) => ctx.push("queued"),
+                    Err(reason) => ctx.push_drop(reason),
+                }
+            }
             Err(_) => {
                 ticket.finish(Outcome::Skipped);
                 ctx.push("skipped");
@@ -94,8 +139,17 @@ fn dispatch(r: &ngx_http_request_t, lc: &LocConf, engine: &Engine, ctx: &mut Req
     }
 }
 
-fn capture(r: &ngx_http_request_t, lc: &LocConf, mark: Option<&str>) -> Result<RequestHead, CaptureError> {
+fn capture(
+    r: &ngx_http_request_t,
+    lc: &LocConf,
+    mark: Option<&str>,
+    drop_body: bool,
+) -> Result<RequestHead, CaptureError> {
     let mut values = Vec::new();
+    if drop_body {
+        // `async_mirror_body off`: the copy says it has no body.
+        values.push((&b"Content-Length"[..], &b"0"[..]));
+    }
     for h in lc.set_headers.as_deref().unwrap_or(&[]) {
         values.push((h.name.as_bytes(), eval(r, h.value).unwrap_or(b"")));
     }
@@ -140,6 +194,9 @@ fn str_bytes(s: &ngx_str_t) -> &[u8] {
 /// "already decided" mark that keeps a request from being copied twice.
 pub struct RequestCtx {
     outcome: String,
+    /// Body streams of this request's copies, fed by the request body filter.
+    /// Dropped with the request pool: a body that never finished is aborted then.
+    pub bodies: Vec<BodyTx>,
 }
 
 unsafe extern "C" fn ctx_cleanup(data: *mut c_void) {
@@ -150,13 +207,19 @@ unsafe extern "C" fn ctx_cleanup(data: *mut c_void) {
 impl RequestCtx {
     /// The request's context, if copies were decided for it.
     pub fn find(r: &ngx_http_request_t) -> Option<&RequestCtx> {
+        // SAFETY: a shared view of the pointer find_mut returns.
+        Self::find_mut(r).map(|c| &*c)
+    }
+
+    /// As [`RequestCtx::find`], for the body filter (nginx thread, one caller at a time).
+    pub fn find_mut(r: &ngx_http_request_t) -> Option<&mut RequestCtx> {
         let ours = ctx_cleanup as unsafe extern "C" fn(*mut c_void) as usize;
         // SAFETY: the pool's cleanup list is valid for the request's lifetime.
         let mut c = unsafe { (*r.pool).cleanup };
         while let Some(cln) = unsafe { c.as_ref() } {
             if cln.handler.map(|h| h as usize) == Some(ours) {
                 // SAFETY: entries with our handler hold a RequestCtx.
-                return Some(unsafe { &*cln.data.cast::<RequestCtx>() });
+                return Some(unsafe { &mut *cln.data.cast::<RequestCtx>() });
             }
             c = cln.next;
         }
@@ -175,7 +238,7 @@ impl RequestCtx {
                 return None;
             }
             let ctx = (*c).data.cast::<RequestCtx>();
-            ctx.write(RequestCtx { outcome: String::new() });
+            ctx.write(RequestCtx { outcome: String::new(), bodies: Vec::new() });
             (*c).handler = Some(ctx_cleanup);
             std::ptr::NonNull::new(ctx)
         }

@@ -3,6 +3,7 @@
 //! Every `extern "C"` entry point catches panics, and nothing here blocks the
 //! nginx thread except the bounded drain when a worker exits.
 
+mod body_filter;
 mod conf;
 mod directives;
 mod handler;

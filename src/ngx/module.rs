@@ -5,15 +5,15 @@ use std::ptr::addr_of;
 use ngx::core::Status;
 use ngx::ffi::{
     NGX_HTTP_MODULE, NGX_HTTP_VAR_NOCACHEABLE, ngx_array_push, ngx_conf_t, ngx_http_add_variable,
-    ngx_http_handler_pt, ngx_http_module_t, ngx_http_phases_NGX_HTTP_PRECONTENT_PHASE, ngx_int_t,
-    ngx_module_t, ngx_uint_t,
+    ngx_http_handler_pt, ngx_http_module_t, ngx_http_phases_NGX_HTTP_PRECONTENT_PHASE,
+    ngx_http_top_request_body_filter, ngx_int_t, ngx_module_t, ngx_uint_t,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
 use ngx::ngx_string;
 
 use super::conf::{LocConf, MainConf};
 use super::directives::COMMANDS;
-use super::{handler, process, status};
+use super::{body_filter, handler, process, status};
 
 pub struct Module;
 
@@ -57,6 +57,11 @@ impl HttpModule for Module {
         }
         // SAFETY: h points to a freshly pushed element.
         unsafe { *h = Some(handler::precontent_handler) };
+        // SAFETY: filters are chained once, while nginx loads the configuration.
+        unsafe {
+            body_filter::NEXT = ngx_http_top_request_body_filter;
+            ngx_http_top_request_body_filter = Some(body_filter::body_filter);
+        }
         Status::NGX_OK.into()
     }
 }

@@ -16,6 +16,7 @@ use super::module::Module;
 use super::zone::{Slot, Zone};
 use crate::engine::Engine;
 use crate::engine::outcome::{CounterVec, slot};
+use crate::engine::sample::{Rng, TokenBucket};
 use crate::engine::status::{Snapshot, TargetSnapshot};
 
 /// How long runtime threads get to stop once draining is over.
@@ -24,8 +25,15 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 const TICK_MS: usize = 250;
 const REPORT_EVERY: u32 = 4;
 
+/// Per-worker sampling state, used only on the nginx thread.
+pub struct Selection {
+    pub rng: Rng,
+    pub buckets: Vec<TokenBucket>,
+}
+
 struct Worker {
     engine: Engine,
+    select: Selection,
     drain_timeout: Duration,
     shared: Option<Shared>,
     ticks: u32,
@@ -86,11 +94,11 @@ thread_local! {
 
 static mut REPORT_TIMER: ngx_event_t = unsafe { std::mem::zeroed() };
 
-/// Runs `f` with this worker's engine, if one is running.
-pub fn with_engine(f: impl FnOnce(&Engine)) {
-    WORKER.with_borrow(|w| {
+/// Runs `f` with this worker's engine and sampling state, if a runtime is running.
+pub fn with_engine(f: impl FnOnce(&Engine, &mut Selection)) {
+    WORKER.with_borrow_mut(|w| {
         if let Some(w) = w {
-            f(&w.engine);
+            f(&w.engine, &mut w.select);
         }
     });
 }
@@ -149,7 +157,21 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
                 // SAFETY: the zone was initialised by the master before workers started.
                 let zone = mc.zone.and_then(|z| unsafe { Zone::from_shm(z.as_ptr()) });
                 let shared = zone.map(|z| Shared::new(z, &engine));
-                WORKER.set(Some(Worker { engine, drain_timeout: mc.drain_timeout(), shared, ticks: 0 }));
+                let seed = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64)
+                    ^ u64::from(std::process::id());
+                let select = Selection {
+                    rng: Rng::seeded(seed),
+                    buckets: mc.rates.iter().map(|&r| TokenBucket::new(r)).collect(),
+                };
+                WORKER.set(Some(Worker {
+                    engine,
+                    select,
+                    drain_timeout: mc.drain_timeout(),
+                    shared,
+                    ticks: 0,
+                }));
                 start_report_timer();
             }
             // Production traffic goes on unmirrored rather than losing the worker.

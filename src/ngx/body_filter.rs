@@ -1,0 +1,69 @@
+//! The request body filter: tees each body buffer into the copies' body streams.
+//!
+//! Installed at the top of `ngx_http_top_request_body_filter`, it sees the body
+//! decoded (no chunk framing) and in memory, before nginx's save filter spools
+//! it to a temporary file, and only when the content handler reads the body —
+//! so nginx reads exactly as it would without the module. Bodies nginx
+//! discards never pass here; their copies are aborted when the request ends.
+
+use bytes::Bytes;
+use ngx::ffi::{NGX_ERROR, ngx_chain_t, ngx_http_request_body_filter_pt, ngx_http_request_t, ngx_int_t};
+
+use super::handler::RequestCtx;
+use crate::engine::body::BodyAbort;
+
+/// The filter that was at the top before ours; set once in postconfiguration.
+pub static mut NEXT: ngx_http_request_body_filter_pt = None;
+
+pub unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, chain: *mut ngx_chain_t) -> ngx_int_t {
+    let tee = std::panic::catch_unwind(|| {
+        // SAFETY: nginx passes a valid request and chain; the body belongs to the main request.
+        unsafe { tee(&*(*r).main, chain) }
+    });
+    if tee.is_err() {
+        super::process::log_alert(
+            "async_mirror: panic in request body filter, copies of this body abandoned",
+        );
+    }
+    // SAFETY: NEXT was the chain's top filter when we were installed.
+    match unsafe { NEXT } {
+        Some(next) => unsafe { next(r, chain) },
+        None => NGX_ERROR as ngx_int_t,
+    }
+}
+
+/// # Safety
+/// `chain` is the (possibly empty) chain nginx passes to request body filters.
+unsafe fn tee(main: &ngx_http_request_t, mut chain: *mut ngx_chain_t) {
+    let Some(ctx) = RequestCtx::find_mut(main) else { return };
+    if ctx.bodies.is_empty() {
+        return;
+    }
+    // SAFETY: chain links and buffers are valid for this call.
+    while let Some(cl) = unsafe { chain.as_ref() } {
+        let Some(b) = (unsafe { cl.buf.as_ref() }) else { break };
+        let in_memory = b.temporary() != 0 || b.memory() != 0 || b.mmap() != 0;
+        if in_memory && b.last > b.pos {
+            let len = b.last as usize - b.pos as usize;
+            // SAFETY: pos..last is the buffer's unread data.
+            let chunk = Bytes::copy_from_slice(unsafe { std::slice::from_raw_parts(b.pos, len) });
+            for tx in &mut ctx.bodies {
+                if tx.is_open() {
+                    let _ = tx.send(&chunk);
+                }
+            }
+        } else if !in_memory && b.in_file() != 0 && b.file_last > b.file_pos {
+            // Data we cannot see: the copy would be incomplete.
+            for tx in &mut ctx.bodies {
+                tx.abort(BodyAbort::Incomplete);
+            }
+        }
+        if b.last_buf() != 0 {
+            for tx in ctx.bodies.drain(..) {
+                tx.finish();
+            }
+            return;
+        }
+        chain = cl.next;
+    }
+}
