@@ -16,9 +16,11 @@ use http_body_util::combinators::BoxBody;
 use hyper::Request;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::time::timeout;
+use tokio_rustls::TlsConnector;
 
 use super::body::BodyRx;
 use super::breaker::{Breaker, BreakerSettings};
@@ -174,16 +176,31 @@ impl Target {
         };
         self.stats.connections_opened.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = match http1::handshake(TokioIo::new(stream)).await {
-            Ok(pair) => pair,
-            Err(e) => {
-                return Err(Failed(FailReason::Connect, format!("handshake with {addr} failed: {e}")));
+        let http = match &self.spec.tls {
+            None => http1_over(stream).await,
+            Some(config) => {
+                let name = ServerName::try_from(self.spec.host.clone())
+                    .map_err(|e| Failed(FailReason::Connect, format!("invalid TLS server name: {e}")))?;
+                // The TLS handshake is part of connecting and shares its time limit.
+                let tls = timeout(limit, TlsConnector::from(config.clone()).connect(name, stream)).await;
+                match tls {
+                    Ok(Ok(tls)) => http1_over(tls).await,
+                    Ok(Err(e)) => {
+                        return Err(Failed(
+                            FailReason::Connect,
+                            format!("TLS handshake with {addr} failed: {e}"),
+                        ));
+                    }
+                    Err(_) => {
+                        return Err(Failed(
+                            FailReason::Connect,
+                            format!("TLS handshake with {addr} timed out"),
+                        ));
+                    }
+                }
             }
         };
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(sender)
+        http.map_err(|e| Failed(FailReason::Connect, format!("handshake with {addr} failed: {e}")))
     }
 
     async fn exchange(
@@ -211,6 +228,18 @@ impl Target {
         };
         timeout(limit, work).await.unwrap_or(Err((Failure::Timeout, None)))
     }
+}
+
+/// An HTTP/1.1 client connection over any stream, its driver running on the runtime.
+async fn http1_over<IO>(io: IO) -> Result<SendRequest<CopyBody>, hyper::Error>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, conn) = http1::handshake(TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
 }
 
 /// A failed copy: why, and what to say in the error log.

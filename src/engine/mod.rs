@@ -15,6 +15,7 @@ pub mod queue;
 pub mod runtime;
 pub mod sample;
 pub mod status;
+pub mod tls;
 
 pub use breaker::BreakerSettings;
 pub use client::{ClientSettings, CopyOptions};

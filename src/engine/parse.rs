@@ -7,7 +7,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 /// A mirror target as written in `async_mirror URL`, checked and resolved at config time.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct TargetSpec {
     /// The URL exactly as configured; names the target in logs and counters.
     pub url: String,
@@ -18,13 +18,17 @@ pub struct TargetSpec {
     pub prefix: String,
     /// Resolved once, like nginx resolves `proxy_pass` hosts at config time.
     pub addr: SocketAddr,
+    pub https: bool,
+    /// Set for `https://` targets once the location's TLS settings are known.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl TargetSpec {
     /// `Host` header value used when the client request carries none.
     pub fn authority(&self) -> String {
         let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
-        if self.port == 80 { host } else { format!("{host}:{}", self.port) }
+        let default = if self.https { 443 } else { 80 };
+        if self.port == default { host } else { format!("{host}:{}", self.port) }
     }
 }
 
@@ -37,8 +41,9 @@ pub fn parse_url(url: &str) -> Result<TargetSpec, String> {
         Some(parts) => parts,
         None => return Err(format!("invalid URL \"{url}\": expected http://host[:port][/prefix]")),
     };
-    if !scheme.eq_ignore_ascii_case("http") {
-        return Err(format!("unsupported scheme \"{scheme}\" in URL \"{url}\" (only http is supported)"));
+    let https = scheme.eq_ignore_ascii_case("https");
+    if !https && !scheme.eq_ignore_ascii_case("http") {
+        return Err(format!("unsupported scheme \"{scheme}\" in URL \"{url}\" (expected http or https)"));
     }
     if url.len() > 512 {
         let start: String = url.chars().take(32).collect();
@@ -60,17 +65,18 @@ pub fn parse_url(url: &str) -> Result<TargetSpec, String> {
     if hostport.contains('@') {
         return Err(format!("invalid URL \"{url}\": user info is not supported"));
     }
-    let (host, port) = split_host_port(hostport).map_err(|e| format!("invalid URL \"{url}\": {e}"))?;
+    let (host, port) = split_host_port(hostport, if https { 443 } else { 80 })
+        .map_err(|e| format!("invalid URL \"{url}\": {e}"))?;
     let addr = (host.as_str(), port)
         .to_socket_addrs()
         .map_err(|e| format!("host not found in URL \"{url}\": {e}"))?
         .next()
         .ok_or_else(|| format!("host not found in URL \"{url}\""))?;
     let prefix = if prefix == "/" { String::new() } else { prefix.trim_end_matches('/').to_string() };
-    Ok(TargetSpec { url: url.to_string(), host, port, prefix, addr })
+    Ok(TargetSpec { url: url.to_string(), host, port, prefix, addr, https, tls: None })
 }
 
-fn split_host_port(hostport: &str) -> Result<(String, u16), String> {
+fn split_host_port(hostport: &str, default_port: u16) -> Result<(String, u16), String> {
     let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
         let (host, after) = v6.split_once(']').ok_or("unterminated IPv6 address")?;
         match after {
@@ -90,7 +96,7 @@ fn split_host_port(hostport: &str) -> Result<(String, u16), String> {
         return Err(format!("invalid host \"{host}\""));
     }
     let port = match port {
-        None => 80,
+        None => default_port,
         Some(p) => match p.parse::<u16>() {
             Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => n,
             _ => return Err(format!("invalid port \"{p}\"")),
@@ -223,10 +229,11 @@ mod tests {
         let t = parse_url("http://[::1]:81/").unwrap();
         assert_eq!((t.host.as_str(), t.authority().as_str()), ("::1", "[::1]:81"));
         assert_eq!(parse_url("HTTP://localhost:9").unwrap().addr.port(), 9);
+        let t = parse_url("https://127.0.0.1").unwrap();
+        assert_eq!((t.https, t.port, t.authority().as_str()), (true, 443, "127.0.0.1"));
         for bad in [
             "127.0.0.1:8080",
             "ftp://x",
-            "https://127.0.0.1",
             "http://",
             "http://:80",
             "http://127.0.0.1:0",

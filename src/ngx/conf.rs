@@ -9,6 +9,10 @@ use std::ptr::NonNull;
 use ngx::ffi::{ngx_http_complex_value_t, ngx_shm_zone_t};
 use ngx::http::{Merge, MergeConfigError};
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::engine::tls::TlsSettings;
 use crate::engine::{BreakerSettings, ClientSettings, CopyOptions, EngineSettings, TargetSpec};
 
 pub mod defaults {
@@ -32,9 +36,13 @@ pub mod defaults {
 /// http-level settings and the registry of every target named anywhere in `http{}`.
 #[derive(Debug, Default)]
 pub struct MainConf {
-    /// Distinct targets by URL; location confs refer to them by index, so each
-    /// target has one pool and one set of counters per worker.
+    /// Every distinct URL written in an `async_mirror` line.
+    pub specs: Vec<TargetSpec>,
+    /// Targets as the engine runs them: a URL plus, for https, the TLS settings of the
+    /// locations using it. Each has one pool and one set of counters per worker.
     pub targets: Vec<TargetSpec>,
+    target_keys: Vec<(String, Option<TlsSettings>)>,
+    tls_configs: Vec<(TlsSettings, Arc<rustls::ClientConfig>)>,
     pub max_connections: Option<usize>,
     pub keepalive_timeout: Option<Duration>,
     pub queue_size: Option<usize>,
@@ -49,15 +57,42 @@ pub struct MainConf {
 }
 
 impl MainConf {
-    /// Index of `spec` in the registry, adding it if new.
-    pub fn register(&mut self, spec: TargetSpec) -> usize {
-        match self.targets.iter().position(|t| t.url == spec.url) {
+    /// Index of `spec` among the written URLs, adding it if new.
+    pub fn add_spec(&mut self, spec: TargetSpec) -> usize {
+        match self.specs.iter().position(|t| t.url == spec.url) {
             Some(i) => i,
             None => {
-                self.targets.push(spec);
-                self.targets.len() - 1
+                self.specs.push(spec);
+                self.specs.len() - 1
             }
         }
+    }
+
+    /// The target for written URL `spec` under a location's TLS settings.
+    ///
+    /// # Errors
+    /// TLS settings whose certificates cannot be loaded.
+    pub fn resolve(&mut self, spec: usize, tls: &TlsSettings) -> Result<usize, String> {
+        let base = &self.specs[spec];
+        let key = (base.url.clone(), base.https.then(|| tls.clone()));
+        if let Some(i) = self.target_keys.iter().position(|k| *k == key) {
+            return Ok(i);
+        }
+        let mut target = base.clone();
+        if target.https {
+            let config = match self.tls_configs.iter().find(|(s, _)| s == tls) {
+                Some((_, c)) => c.clone(),
+                None => {
+                    let c = crate::engine::tls::client_config(tls)?;
+                    self.tls_configs.push((tls.clone(), c.clone()));
+                    c
+                }
+            };
+            target.tls = Some(config);
+        }
+        self.targets.push(target);
+        self.target_keys.push(key);
+        Ok(self.targets.len() - 1)
     }
 
     pub fn engine_settings(&self) -> EngineSettings {
@@ -87,7 +122,10 @@ pub struct SetHeader {
 /// One `async_mirror URL [sample=] [key=] [rate=]` line.
 #[derive(Debug, Clone, Copy)]
 pub struct MirrorRef {
-    /// Index into `MainConf::targets`.
+    /// Index into `MainConf::specs`.
+    pub spec: usize,
+    /// Index into `MainConf::targets`, set when the location's configuration is merged
+    /// (its TLS settings are final only then); `UNRESOLVED` before.
     pub target: usize,
     /// Fraction of requests copied, in parts per million.
     pub sample_ppm: u32,
@@ -96,6 +134,8 @@ pub struct MirrorRef {
     /// Index into `MainConf::rates`.
     pub rate: Option<usize>,
 }
+
+pub const UNRESOLVED: usize = usize::MAX;
 
 #[derive(Debug, Default)]
 pub struct LocConf {
@@ -111,9 +151,27 @@ pub struct LocConf {
     pub fail_timeout: Option<Duration>,
     pub body: Option<bool>,
     pub body_max_size: Option<u64>,
+    pub ssl_verify: Option<bool>,
+    pub ssl_trusted_certificate: Option<PathBuf>,
 }
 
 impl LocConf {
+    pub fn tls_settings(&self) -> TlsSettings {
+        TlsSettings { verify: self.ssl_verify.unwrap_or(true), trusted: self.ssl_trusted_certificate.clone() }
+    }
+
+    /// Points every `async_mirror` line at its target under this location's TLS settings.
+    ///
+    /// # Errors
+    /// As [`MainConf::resolve`].
+    pub fn resolve_targets(&mut self, mc: &mut MainConf) -> Result<(), String> {
+        let tls = self.tls_settings();
+        for m in self.mirrors.iter_mut().flatten() {
+            m.target = mc.resolve(m.spec, &tls)?;
+        }
+        Ok(())
+    }
+
     pub fn body(&self) -> bool {
         self.body.unwrap_or(defaults::BODY)
     }
@@ -172,6 +230,10 @@ impl Merge for LocConf {
         self.fail_timeout = self.fail_timeout.or(prev.fail_timeout);
         self.body = self.body.or(prev.body);
         self.body_max_size = self.body_max_size.or(prev.body_max_size);
+        self.ssl_verify = self.ssl_verify.or(prev.ssl_verify);
+        if self.ssl_trusted_certificate.is_none() {
+            self.ssl_trusted_certificate = prev.ssl_trusted_certificate.clone();
+        }
         Ok(())
     }
 }

@@ -19,7 +19,7 @@ use ngx::ffi::{
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
 use ngx::{ngx_conf_log_error, ngx_string};
 
-use super::conf::{LocConf, MainConf, MirrorRef, SetHeader};
+use super::conf::{LocConf, MainConf, MirrorRef, SetHeader, UNRESOLVED};
 use super::module::{Module, ngx_http_async_mirror_module};
 use super::{status, zone};
 use crate::engine::{parse, sample};
@@ -146,16 +146,17 @@ directive!(cmd_async_mirror, LocConf, |cf, lc, args| {
     let Some(mc) = Module::main_conf_mut(&*cf) else {
         return Err(ConfError::Msg("no http main configuration".into()));
     };
-    let target = mc.register(spec);
+    let spec = mc.add_spec(spec);
     let rate = rate.map(|r| {
         mc.rates.push(r);
         mc.rates.len() - 1
     });
     let list = lc.mirrors.get_or_insert_with(Vec::new);
-    if list.iter().any(|m| m.target == target) {
+    if list.iter().any(|m| m.spec == spec) {
         return Err(format!("duplicate target \"{}\"", args[0]).into());
     }
-    list.push(MirrorRef { target, sample_ppm: sample.unwrap_or(sample::PPM), key, rate });
+    let sample_ppm = sample.unwrap_or(sample::PPM);
+    list.push(MirrorRef { spec, target: UNRESOLVED, sample_ppm, key, rate });
     Ok(())
 });
 
@@ -235,6 +236,25 @@ directive!(cmd_body_max_size, LocConf, |_cf, lc, args| {
     set_once(&mut lc.body_max_size, parse::parse_size(args[0])?)
 });
 
+directive!(cmd_ssl_verify, LocConf, |_cf, lc, args| {
+    set_once(&mut lc.ssl_verify, parse::parse_flag(args[0])?)
+});
+
+directive!(cmd_ssl_trusted_certificate, LocConf, |cf, lc, args| {
+    // Relative paths are relative to the configuration prefix, as for nginx's own directives.
+    let path = std::path::Path::new(args[0]);
+    let path = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        // SAFETY: cf->cycle is the cycle being configured.
+        let prefix = unsafe { (*cf.cycle).conf_prefix };
+        let prefix = std::str::from_utf8(prefix.as_bytes()).unwrap_or("");
+        std::path::Path::new(prefix).join(path)
+    };
+    crate::engine::tls::load_pem(&path)?;
+    set_once(&mut lc.ssl_trusted_certificate, path)
+});
+
 directive!(cmd_max_fails, LocConf, |_cf, lc, args| {
     // 0 disables the breaker, as max_fails=0 does for an upstream server.
     let n = if args[0] == "0" { 0 } else { parse::parse_count(args[0], 1_000_000)? as u32 };
@@ -292,7 +312,7 @@ const fn command(
     }
 }
 
-pub static mut COMMANDS: [ngx_command_t; 19] = [
+pub static mut COMMANDS: [ngx_command_t; 21] = [
     command(ngx_string!("async_mirror"), HSL | NGX_CONF_1MORE, cmd_async_mirror, false),
     command(ngx_string!("async_mirror_set_header"), HSL | NGX_CONF_TAKE2, cmd_set_header, false),
     command(ngx_string!("async_mirror_if"), HSL | NGX_CONF_1MORE, cmd_if, false),
@@ -300,6 +320,13 @@ pub static mut COMMANDS: [ngx_command_t; 19] = [
     command(ngx_string!("async_mirror_connect_timeout"), HSL | NGX_CONF_TAKE1, cmd_connect_timeout, false),
     command(ngx_string!("async_mirror_timeout"), HSL | NGX_CONF_TAKE1, cmd_timeout, false),
     command(ngx_string!("async_mirror_body"), HSL | NGX_CONF_TAKE1, cmd_body, false),
+    command(ngx_string!("async_mirror_ssl_verify"), HSL | NGX_CONF_TAKE1, cmd_ssl_verify, false),
+    command(
+        ngx_string!("async_mirror_ssl_trusted_certificate"),
+        HSL | NGX_CONF_TAKE1,
+        cmd_ssl_trusted_certificate,
+        false,
+    ),
     command(ngx_string!("async_mirror_body_max_size"), HSL | NGX_CONF_TAKE1, cmd_body_max_size, false),
     command(ngx_string!("async_mirror_max_fails"), HSL | NGX_CONF_TAKE1, cmd_max_fails, false),
     command(ngx_string!("async_mirror_fail_timeout"), HSL | NGX_CONF_TAKE1, cmd_fail_timeout, false),

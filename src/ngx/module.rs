@@ -9,7 +9,12 @@ use ngx::ffi::{
     ngx_http_top_request_body_filter, ngx_int_t, ngx_module_t, ngx_uint_t,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
-use ngx::ngx_string;
+use std::ffi::{c_char, c_void};
+
+use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
+use ngx::ffi::NGX_LOG_EMERG;
+use ngx::http::Merge;
+use ngx::{ngx_conf_log_error, ngx_string};
 
 use super::conf::{LocConf, MainConf};
 use super::directives::COMMANDS;
@@ -76,6 +81,36 @@ unsafe impl HttpModuleLocationConf for Module {
     type LocationConf = LocConf;
 }
 
+/// Merges a location's configuration into its parent's, then resolves its targets:
+/// only now are the location's TLS settings final.
+unsafe extern "C" fn merge_loc_conf(
+    cf: *mut ngx_conf_t,
+    prev: *mut c_void,
+    conf: *mut c_void,
+) -> *mut c_char {
+    let result = std::panic::catch_unwind(|| {
+        // SAFETY: nginx passes the parent's and this level's confs, both of our type.
+        let (prev, conf) = unsafe { (&*prev.cast::<LocConf>(), &mut *conf.cast::<LocConf>()) };
+        let _ = conf.merge(prev);
+        // SAFETY: nginx passes a valid cf during configuration.
+        let Some(mc) = Module::main_conf_mut(unsafe { &*cf }) else {
+            return Err("no main configuration".into());
+        };
+        conf.resolve_targets(mc)
+    });
+    match result {
+        Ok(Ok(())) => NGX_CONF_OK,
+        Ok(Err(msg)) => {
+            ngx_conf_log_error!(NGX_LOG_EMERG, cf, "async_mirror: {msg}");
+            NGX_CONF_ERROR
+        }
+        Err(_) => {
+            ngx_conf_log_error!(NGX_LOG_EMERG, cf, "async_mirror: internal error while merging");
+            NGX_CONF_ERROR
+        }
+    }
+}
+
 static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
     preconfiguration: Some(Module::preconfiguration),
     postconfiguration: Some(Module::postconfiguration),
@@ -84,7 +119,7 @@ static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
     create_srv_conf: None,
     merge_srv_conf: None,
     create_loc_conf: Some(Module::create_loc_conf),
-    merge_loc_conf: Some(Module::merge_loc_conf),
+    merge_loc_conf: Some(merge_loc_conf),
 };
 
 #[cfg(feature = "export-modules")]

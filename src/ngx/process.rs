@@ -280,17 +280,24 @@ pub fn snapshot() -> Snapshot {
                 .collect();
             return Snapshot { targets, queue_jobs, queue_bytes, shared: true };
         }
-        let targets = w
-            .engine
-            .targets()
-            .zip(w.engine.gauges())
-            .map(|((spec, stats), (inflight, open))| TargetSnapshot {
-                url: spec.url.clone(),
-                counters: stats.snapshot(),
-                inflight,
-                breaker_open: open,
-            })
-            .collect();
+        // One series per URL: an https URL used under several TLS settings is several targets.
+        let mut targets: Vec<TargetSnapshot> = Vec::new();
+        for ((spec, stats), (inflight, open)) in w.engine.targets().zip(w.engine.gauges()) {
+            let counters = stats.snapshot();
+            match targets.iter_mut().find(|t| t.url == spec.url) {
+                Some(t) => {
+                    t.counters.iter_mut().zip(counters).for_each(|(a, b)| *a += b);
+                    t.inflight += inflight;
+                    t.breaker_open = t.breaker_open.max(open);
+                }
+                None => targets.push(TargetSnapshot {
+                    url: spec.url.clone(),
+                    counters,
+                    inflight,
+                    breaker_open: open,
+                }),
+            }
+        }
         Snapshot {
             targets,
             queue_jobs: w.engine.queued_jobs() as i64,

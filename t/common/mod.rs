@@ -93,7 +93,24 @@ impl Nginx {
     /// Starts nginx with `http_body` inside `http {}`; `{port}` in it is replaced by
     /// the front port, `{prefix}` by the temp prefix. Waits until it accepts.
     pub fn start(name: &str, workers: usize, main: &str, http_body: &str) -> Nginx {
+        Self::prepare(name, |_| {}).start(workers, main, http_body)
+    }
+
+    /// A prefix made ready (files written) before nginx starts in it.
+    pub fn prepare(name: &str, setup: impl FnOnce(&Path)) -> Prepared {
         let prefix = scratch_dir(name);
+        setup(&prefix);
+        Prepared { prefix }
+    }
+}
+
+pub struct Prepared {
+    prefix: PathBuf,
+}
+
+impl Prepared {
+    pub fn start(self, workers: usize, main: &str, http_body: &str) -> Nginx {
+        let prefix = self.prefix;
         let port = free_port();
         let body =
             http_body.replace("{port}", &port.to_string()).replace("{prefix}", prefix.to_str().unwrap());
@@ -135,7 +152,9 @@ impl Nginx {
         }
         ng
     }
+}
 
+impl Nginx {
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }

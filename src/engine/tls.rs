@@ -1,0 +1,123 @@
+//! TLS for `https://` targets, with rustls (nginx's OpenSSL is not linked twice
+//! into the worker). Configurations are built while nginx loads its
+//! configuration, so a bad certificate file fails `nginx -t`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+/// `async_mirror_ssl_verify` and `async_mirror_ssl_trusted_certificate` as they apply to a target.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TlsSettings {
+    pub verify: bool,
+    /// PEM bundle of trusted CAs; `None` means the system's roots.
+    pub trusted: Option<PathBuf>,
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Reads every certificate of a PEM file.
+///
+/// # Errors
+/// An unreadable file, or one without a certificate.
+pub fn load_pem(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read certificates from \"{}\": {e}", path.display()))?
+        .collect();
+    match certs {
+        Ok(c) if !c.is_empty() => Ok(c),
+        Ok(_) => Err(format!("no certificate found in \"{}\"", path.display())),
+        Err(e) => Err(format!("invalid certificate in \"{}\": {e}", path.display())),
+    }
+}
+
+/// The client configuration for one set of settings.
+///
+/// # Errors
+/// Certificates that cannot be loaded, or no trusted root at all while verifying.
+pub fn client_config(s: &TlsSettings) -> Result<Arc<ClientConfig>, String> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup failed: {e}"))?;
+    let mut config = if s.verify {
+        let mut roots = RootCertStore::empty();
+        let certs = match &s.trusted {
+            Some(path) => load_pem(path)?,
+            None => rustls_native_certs::load_native_certs().certs,
+        };
+        let (added, _ignored) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            return Err(match &s.trusted {
+                Some(p) => format!("no usable CA certificate in \"{}\"", p.display()),
+                None => "no system CA certificates found; set async_mirror_ssl_trusted_certificate".into(),
+            });
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider())))
+            .with_no_client_auth()
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// `async_mirror_ssl_verify off`: like `proxy_ssl_verify off`, any certificate is accepted.
+#[derive(Debug)]
+struct NoVerify(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configs() {
+        let off = client_config(&TlsSettings { verify: false, trusted: None }).unwrap();
+        assert_eq!(off.alpn_protocols, vec![b"http/1.1".to_vec()]);
+        let missing = TlsSettings { verify: true, trusted: Some("/nonexistent/ca.pem".into()) };
+        assert!(client_config(&missing).unwrap_err().contains("/nonexistent/ca.pem"));
+    }
+}

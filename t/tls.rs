@@ -1,0 +1,153 @@
+//! https:// targets: rustls client, SNI, verification settings, keepalive.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+/// An HTTPS sink with a self-signed certificate for `localhost` made for this test:
+/// records (SNI, request line) and counts TLS connections.
+struct TlsSink {
+    port: u16,
+    cert_pem: String,
+    got: Arc<Mutex<Vec<(Option<String>, String, Vec<u8>)>>>,
+    conns: Arc<AtomicUsize>,
+}
+
+impl TlsSink {
+    fn start() -> TlsSink {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let cert_pem = cert.cert.pem();
+        let der = CertificateDer::from(cert.cert.der().to_vec());
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der()));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![der], key)
+            .unwrap();
+        let config = Arc::new(config);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let conns = Arc::new(AtomicUsize::new(0));
+        let (g, c) = (got.clone(), conns.clone());
+        thread::spawn(move || {
+            for tcp in listener.incoming() {
+                let Ok(tcp) = tcp else { continue };
+                c.fetch_add(1, Ordering::SeqCst);
+                let (g, config) = (g.clone(), config.clone());
+                thread::spawn(move || {
+                    let _ = tcp.set_read_timeout(Some(Duration::from_secs(30)));
+                    let conn = rustls::ServerConnection::new(config).unwrap();
+                    let mut r = BufReader::new(rustls::StreamOwned::new(conn, tcp));
+                    loop {
+                        let mut line = String::new();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let mut len = 0;
+                        loop {
+                            let mut h = String::new();
+                            if r.read_line(&mut h).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if h.trim().is_empty() {
+                                break;
+                            }
+                            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                                len = v.trim().parse().unwrap_or(0);
+                            }
+                        }
+                        let mut body = vec![0; len];
+                        if r.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        let sni = r.get_ref().conn.server_name().map(str::to_string);
+                        g.lock().unwrap().push((sni, line.trim().to_string(), body));
+                        let w = r.get_mut();
+                        if w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").is_err() {
+                            return;
+                        }
+                        let _ = w.flush();
+                    }
+                });
+            }
+        });
+        TlsSink { port, cert_pem, got, conns }
+    }
+}
+
+fn front(locations: &str, extra_http: &str) -> String {
+    let backend = free_port();
+    format!(
+        "{}\n{extra_http}\nserver {{ listen 127.0.0.1:{{port}};\n{locations}\n}}\n",
+        backend_server(backend)
+    )
+}
+
+#[test]
+fn https_target_with_trusted_certificate_and_keepalive() {
+    let sink = TlsSink::start();
+    let url = format!("https://localhost:{}", sink.port);
+    let locations = format!(
+        "location / {{ async_mirror {url}/tls; async_mirror_ssl_trusted_certificate {{prefix}}/ca.pem; {PROXY} }}"
+    );
+    let body = front(&locations, "async_mirror_max_connections 2;");
+    // The certificate must exist before nginx reads the configuration.
+    let prefix_marker =
+        Nginx::prepare("tls", |prefix| std::fs::write(prefix.join("ca.pem"), &sink.cert_pem).unwrap());
+    let ng = prefix_marker.start(1, "", &body);
+    let mut c = Client::connect(ng.port);
+    for i in 0..50 {
+        assert_eq!(c.get(&format!("/t{i}")).status, 200);
+    }
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", ng.port)).unwrap();
+    s.write_all(b"POST /tls-body HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    drop(s); // nginx lingers on a closed-by-server connection until the client closes too
+    assert_eq!(statuses(&out), vec![200]);
+    assert!(wait_until(Duration::from_secs(5), || sink.got.lock().unwrap().len() == 51));
+    let got = sink.got.lock().unwrap().clone();
+    assert!(got.iter().all(|(sni, _, _)| sni.as_deref() == Some("localhost")), "SNI from the URL host");
+    assert!(got.iter().any(|(_, line, _)| line == "GET /tls/t7 HTTP/1.1"));
+    assert!(got.iter().any(|(_, line, body)| line == "POST /tls/tls-body HTTP/1.1" && body == b"hello"));
+    let conns = sink.conns.load(Ordering::SeqCst);
+    assert!(conns <= 2, "{conns} TLS connections for 51 copies (keepalive, max 2)");
+    let log = ng.quit();
+    let t = &exit_counters(&log)[&format!("{url}/tls")];
+    assert_eq!((t["attempted"], t["ok"]), (51, 51), "{t:?}");
+}
+
+#[test]
+fn verification_fails_without_trust_and_can_be_turned_off() {
+    let sink = TlsSink::start();
+    let url = format!("https://localhost:{}", sink.port);
+    let locations = format!(
+        "location /verify {{ async_mirror {url}; async_mirror_max_fails 0; {PROXY} }}
+         location /noverify {{ async_mirror {url}; async_mirror_ssl_verify off; {PROXY} }}"
+    );
+    let ng = Nginx::start("tlsverify", 1, "", &front(&locations, ""));
+    let mut c = Client::connect(ng.port);
+    for i in 0..3 {
+        assert_eq!(c.get(&format!("/verify{i}")).status, 200);
+        assert_eq!(c.get(&format!("/noverify{i}")).status, 200);
+    }
+    assert!(wait_until(Duration::from_secs(5), || sink.got.lock().unwrap().len() == 3));
+    let log = ng.quit();
+    let got = sink.got.lock().unwrap().clone();
+    assert!(got.iter().all(|(_, line, _)| line.starts_with("GET /noverify")), "{got:?}");
+    let t = &exit_counters(&log)[&url];
+    assert_eq!((t["attempted"], t["ok"], t["failed_connect"]), (6, 3, 3), "{t:?}");
+    assert!(log.contains("TLS handshake"), "the failure is logged");
+}
