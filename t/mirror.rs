@@ -313,3 +313,39 @@ fn reload_and_quit_under_traffic() {
     assert_eq!(outcome_sum(t), total, "{t:?}");
     assert_eq!(log.matches("async_mirror: worker exiting").count(), 6, "3 generations × 2 workers");
 }
+
+#[test]
+fn variables_in_url_are_evaluated_per_request() {
+    let sink = Sink::start();
+    let port = sink.port;
+    let locations = format!(
+        "location /port {{ async_mirror http://127.0.0.1:$arg_p; {PROXY} }}
+         location /name {{ async_mirror http://$arg_h:{port}/pre; {PROXY} }}
+         location /path {{ async_mirror http://127.0.0.1:{port}/v$uri; {PROXY} }}"
+    );
+    let ng = Nginx::start("urlvars", 1, "", &front(&locations, ""));
+    let mut c = Client::connect(ng.port);
+    for path in [
+        format!("/port?p={port}"),
+        "/port".to_string(),
+        "/port?p=notaport".to_string(),
+        "/name?h=localhost".to_string(),
+        "/name?h=".to_string(),
+        "/path/x?q=1".to_string(),
+    ] {
+        assert_eq!(c.get(&path).status, 200, "{path}");
+    }
+    assert!(sink.wait_for(3, Duration::from_secs(5)));
+    let log = ng.quit();
+    let mut uris: Vec<String> = sink.requests().into_iter().map(|r| r.uri).collect();
+    uris.sort();
+    assert_eq!(
+        uris,
+        [format!("/port?p={port}"), "/pre/name?h=localhost".to_string(), "/v/path/x".to_string()]
+    );
+    let c = exit_counters(&log);
+    let t = &c["http://127.0.0.1:$arg_p"];
+    assert_eq!((t["attempted"], t["ok"], t["skipped"]), (3, 1, 2), "{t:?}");
+    let t = &c[&format!("http://$arg_h:{port}/pre")];
+    assert_eq!((t["attempted"], t["ok"], t["skipped"]), (2, 1, 1), "{t:?}");
+}

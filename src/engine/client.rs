@@ -27,7 +27,7 @@ use super::breaker::{Breaker, BreakerSettings};
 use super::job::RequestHead;
 use super::logq::LogQueue;
 use super::outcome::{FailReason, Outcome, TargetStats};
-use super::parse::TargetSpec;
+use super::parse::{Dest, TargetSpec};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type CopyBody = BoxBody<Bytes, BoxError>;
@@ -49,6 +49,8 @@ pub struct CopyOptions {
 }
 
 struct Idle {
+    /// For targets with variables: the host and port the connection goes to.
+    key: Option<(String, u16)>,
     sender: SendRequest<CopyBody>,
     since: Instant,
 }
@@ -85,13 +87,19 @@ impl Target {
     pub async fn deliver(
         &self,
         head: &RequestHead,
+        dest: Option<&Dest>,
         body: Option<BodyRx>,
         opts: CopyOptions,
         now_ms: impl Fn() -> u64,
     ) -> Outcome {
         let state = body.as_ref().map(|b| b.state.clone());
         let body = body.map_or_else(empty_body, BodyRx::boxed);
-        let result = self.send(head.to_request(&self.spec.prefix, &self.authority, body), opts).await;
+        let req = match dest {
+            None => head.to_request(&self.spec.prefix, &self.authority, body),
+            Some(d) if d.verbatim => head.to_request_at(Bytes::from(d.path.clone()), &d.authority, body),
+            Some(d) => head.to_request(&d.path, &d.authority, body),
+        };
+        let result = self.send(req, dest, opts).await;
         // A body that ended early decides the outcome and says nothing about the mirror.
         if let Some(why) = state.and_then(|s| s.aborted()) {
             return why.outcome();
@@ -115,17 +123,23 @@ impl Target {
         }
     }
 
-    async fn send(&self, mut req: Request<CopyBody>, opts: CopyOptions) -> Result<Outcome, Failed> {
+    async fn send(
+        &self,
+        mut req: Request<CopyBody>,
+        dest: Option<&Dest>,
+        opts: CopyOptions,
+    ) -> Result<Outcome, Failed> {
+        let key = dest.map(|d| (d.host.clone(), d.port));
         // A pooled connection the mirror closed meanwhile fails before anything is
         // sent; hyper then hands the request back and it goes out on a fresh connection.
-        if let Some(sender) = self.checkout() {
-            match self.exchange(sender, req, opts.timeout).await {
+        if let Some(sender) = self.checkout(&key) {
+            match self.exchange(sender, &key, req, opts.timeout).await {
                 Err((Failure::Stale, Some(back))) => req = back,
                 done => return self.settle(done.map_err(|(f, _)| f)),
             }
         }
-        let sender = self.connect(opts.connect_timeout).await?;
-        self.settle(self.exchange(sender, req, opts.timeout).await.map_err(|(f, _)| f))
+        let sender = self.connect(dest, opts.connect_timeout).await?;
+        self.settle(self.exchange(sender, &key, req, opts.timeout).await.map_err(|(f, _)| f))
     }
 
     fn settle(&self, r: Result<Outcome, Failure>) -> Result<Outcome, Failed> {
@@ -136,19 +150,17 @@ impl Target {
         })
     }
 
-    fn checkout(&self) -> Option<SendRequest<CopyBody>> {
+    fn checkout(&self, key: &Option<(String, u16)>) -> Option<SendRequest<CopyBody>> {
         let mut idle = self.idle.lock().ok()?;
-        while let Some(Idle { sender, since }) = idle.pop() {
-            if since.elapsed() < self.settings.keepalive_timeout && sender.is_ready() {
-                return Some(sender);
-            }
-        }
-        None
+        let ttl = self.settings.keepalive_timeout;
+        idle.retain(|i| i.since.elapsed() < ttl && !i.sender.is_closed());
+        let i = idle.iter().rposition(|i| i.key == *key && i.sender.is_ready())?;
+        Some(idle.swap_remove(i).sender)
     }
 
-    fn checkin(&self, sender: SendRequest<CopyBody>) {
+    fn checkin(&self, key: &Option<(String, u16)>, sender: SendRequest<CopyBody>) {
         if let Ok(mut idle) = self.idle.lock() {
-            idle.push(Idle { sender, since: Instant::now() });
+            idle.push(Idle { key: key.clone(), sender, since: Instant::now() });
         }
     }
 
@@ -160,8 +172,13 @@ impl Target {
         }
     }
 
-    async fn connect(&self, limit: Duration) -> Result<SendRequest<CopyBody>, Failed> {
-        let addr = self.spec.addr;
+    async fn connect(&self, dest: Option<&Dest>, limit: Duration) -> Result<SendRequest<CopyBody>, Failed> {
+        let started = Instant::now();
+        let (addr, host) = match dest {
+            None => (self.spec.addr, &self.spec.host),
+            Some(d) => (resolve(d, limit).await?, &d.host),
+        };
+        let limit = limit.saturating_sub(started.elapsed());
         let stream = match timeout(limit, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
@@ -179,7 +196,7 @@ impl Target {
         let http = match &self.spec.tls {
             None => http1_over(stream).await,
             Some(config) => {
-                let name = ServerName::try_from(self.spec.host.clone())
+                let name = ServerName::try_from(host.clone())
                     .map_err(|e| Failed(FailReason::Connect, format!("invalid TLS server name: {e}")))?;
                 // The TLS handshake is part of connecting and shares its time limit.
                 let tls = timeout(limit, TlsConnector::from(config.clone()).connect(name, stream)).await;
@@ -206,6 +223,7 @@ impl Target {
     async fn exchange(
         &self,
         mut sender: SendRequest<CopyBody>,
+        key: &Option<(String, u16)>,
         req: Request<CopyBody>,
         limit: Duration,
     ) -> Result<Outcome, (Failure, Option<Request<CopyBody>>)> {
@@ -222,11 +240,27 @@ impl Target {
                 frame.map_err(|e| (Failure::Http(e), None))?;
             }
             if sender.ready().await.is_ok() {
-                self.checkin(sender);
+                self.checkin(key, sender);
             }
             Ok(outcome)
         };
         timeout(limit, work).await.unwrap_or(Err((Failure::Timeout, None)))
+    }
+}
+
+/// The address of a per-request destination; names are looked up on the runtime
+/// (never on the nginx thread), within the connect time limit.
+async fn resolve(d: &Dest, limit: Duration) -> Result<std::net::SocketAddr, Failed> {
+    if let Ok(ip) = d.host.parse::<std::net::IpAddr>() {
+        return Ok((ip, d.port).into());
+    }
+    let host = d.host.clone();
+    match timeout(limit, tokio::net::lookup_host((host.as_str(), d.port))).await {
+        Ok(Ok(mut addrs)) => {
+            addrs.next().ok_or_else(|| Failed(FailReason::Connect, format!("host \"{host}\" not found")))
+        }
+        Ok(Err(e)) => Err(Failed(FailReason::Connect, format!("host \"{host}\" not found: {e}"))),
+        Err(_) => Err(Failed(FailReason::Connect, format!("resolving \"{host}\" timed out"))),
     }
 }
 

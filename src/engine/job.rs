@@ -113,6 +113,11 @@ impl RequestHead {
             p.extend_from_slice(&self.request_uri);
             Bytes::from(p)
         };
+        self.to_request_at(path, authority, body)
+    }
+
+    /// The copy with an explicit request target (from a URL whose path has variables).
+    pub fn to_request_at<B>(&self, path: Bytes, authority: &str, body: B) -> Request<B> {
         let uri = Uri::from_maybe_shared(path).unwrap_or_else(|_| Uri::from_static("/"));
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();

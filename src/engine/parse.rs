@@ -21,6 +21,94 @@ pub struct TargetSpec {
     pub https: bool,
     /// Set for `https://` targets once the location's TLS settings are known.
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// The URL has variables: each copy carries its own [`Dest`].
+    pub dynamic: bool,
+}
+
+/// Where one copy goes when the target URL has variables, evaluated per request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dest {
+    pub host: String,
+    pub port: u16,
+    /// Path prefix to put before `$request_uri`, or the whole request target when `verbatim`.
+    pub path: String,
+    pub verbatim: bool,
+    pub authority: String,
+}
+
+/// A URL template with variables: checked at config time, resolved per request.
+///
+/// # Errors
+/// A template whose scheme is not a literal `http://` or `https://`.
+pub fn parse_template(url: &str) -> Result<TargetSpec, String> {
+    let lower = url.to_ascii_lowercase();
+    let https = lower.starts_with("https://");
+    if !https && !lower.starts_with("http://") {
+        return Err(format!("URL \"{url}\" with variables must start with http:// or https://"));
+    }
+    if url.len() > 512 {
+        return Err("URL template is longer than 512 bytes".into());
+    }
+    Ok(TargetSpec {
+        url: url.to_string(),
+        host: String::new(),
+        port: 0,
+        prefix: String::new(),
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        https,
+        tls: None,
+        dynamic: true,
+    })
+}
+
+/// Whether the path part of a template has variables: then the evaluated path is the
+/// whole request target, as with `proxy_pass` and variables; otherwise it is a prefix.
+pub fn template_path_is_variable(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.find('/').is_some_and(|i| rest[i..].contains('$'))
+}
+
+/// Parses an evaluated template. No name resolution here: that happens on the runtime.
+///
+/// # Errors
+/// Anything that is not a usable `scheme://host[:port][/path]` of the template's scheme.
+pub fn parse_dest(url: &str, https: bool, verbatim: bool) -> Result<Dest, String> {
+    let (scheme, rest) = url.split_once("://").ok_or("no scheme")?;
+    if scheme.eq_ignore_ascii_case("https") != https || !(scheme.eq_ignore_ascii_case("http") || https) {
+        return Err(format!("scheme \"{scheme}\" differs from the template's"));
+    }
+    let (hostport, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    if path.bytes().any(|b| b <= b' ' || b == 0x7f) || hostport.contains('@') {
+        return Err("invalid characters".into());
+    }
+    let (host, port) = split_host_port(hostport, if https { 443 } else { 80 })?;
+    let spec = TargetSpec {
+        url: String::new(),
+        host: host.clone(),
+        port,
+        prefix: String::new(),
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        https,
+        tls: None,
+        dynamic: true,
+    };
+    let path = if verbatim {
+        if !path.starts_with('/') {
+            return Err("no path".into());
+        }
+        path.to_string()
+    } else if path == "/" {
+        String::new()
+    } else {
+        path.trim_end_matches('/').to_string()
+    };
+    if !verbatim && path.contains(['?', '#']) {
+        return Err("query in a path prefix".into());
+    }
+    Ok(Dest { authority: spec.authority(), host, port, path, verbatim })
 }
 
 impl TargetSpec {
@@ -49,9 +137,6 @@ pub fn parse_url(url: &str) -> Result<TargetSpec, String> {
         let start: String = url.chars().take(32).collect();
         return Err(format!("URL \"{start}...\" is longer than 512 bytes"));
     }
-    if url.contains('$') {
-        return Err(format!("variables are not supported in URL \"{url}\""));
-    }
     let (hostport, prefix) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, ""),
@@ -73,7 +158,7 @@ pub fn parse_url(url: &str) -> Result<TargetSpec, String> {
         .next()
         .ok_or_else(|| format!("host not found in URL \"{url}\""))?;
     let prefix = if prefix == "/" { String::new() } else { prefix.trim_end_matches('/').to_string() };
-    Ok(TargetSpec { url: url.to_string(), host, port, prefix, addr, https, tls: None })
+    Ok(TargetSpec { url: url.to_string(), host, port, prefix, addr, https, tls: None, dynamic: false })
 }
 
 fn split_host_port(hostport: &str, default_port: u16) -> Result<(String, u16), String> {
@@ -243,12 +328,29 @@ mod tests {
             "http://127.0.0.1/a?b",
             "http://127.0.0.1/a#b",
             "http://u@127.0.0.1",
-            "http://$host",
             "http://[::1",
             "http://ex ample",
             "http://no-such-host.invalid",
         ] {
             assert!(parse_url(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn templates_and_dests() {
+        assert!(parse_template("http://$mirror:8080").unwrap().dynamic);
+        assert!(parse_template("$scheme://x").is_err());
+        assert!(!template_path_is_variable("http://$host:1/fixed"));
+        assert!(template_path_is_variable("http://h:1/$uri"));
+        let d = parse_dest("http://10.1.2.3:8080/shadow/", false, false).unwrap();
+        assert_eq!(
+            (d.host.as_str(), d.port, d.path.as_str(), d.authority.as_str()),
+            ("10.1.2.3", 8080, "/shadow", "10.1.2.3:8080")
+        );
+        let d = parse_dest("https://mirror/a/b?c=1", true, true).unwrap();
+        assert_eq!((d.port, d.path.as_str(), d.verbatim), (443, "/a/b?c=1", true));
+        for bad in ["", "http://", "http://:80", "https://x", "ftp://x", "http://x:99999", "http://a b"] {
+            assert!(parse_dest(bad, false, false).is_err(), "{bad} accepted");
         }
     }
 

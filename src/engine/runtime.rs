@@ -14,7 +14,7 @@ use super::client::{ClientSettings, CopyOptions, Target};
 use super::job::RequestHead;
 use super::logq::LogQueue;
 use super::outcome::{DropReason, Outcome, TargetStats, Ticket};
-use super::parse::TargetSpec;
+use super::parse::{Dest, TargetSpec};
 use super::queue::{Backlog, Reservation};
 
 /// Worker-wide settings from the http-level directives.
@@ -28,6 +28,7 @@ pub struct EngineSettings {
 
 struct Job {
     head: Arc<RequestHead>,
+    dest: Option<Dest>,
     body: Option<BodyRx>,
     opts: CopyOptions,
     probe: bool,
@@ -101,6 +102,10 @@ impl Engine {
         &self.log
     }
 
+    pub fn target_is_https(&self, index: usize) -> bool {
+        self.targets.get(index).is_some_and(|t| t.spec.https)
+    }
+
     pub fn target_url(&self, index: usize) -> &str {
         self.targets.get(index).map_or("", |t| t.spec.url.as_str())
     }
@@ -142,6 +147,7 @@ impl Engine {
         &self,
         index: usize,
         head: &Arc<RequestHead>,
+        dest: Option<Dest>,
         body: Option<BodyRx>,
         opts: CopyOptions,
         probe: bool,
@@ -159,7 +165,7 @@ impl Engine {
             return Err(DropReason::QueueFull);
         };
         // A closed channel returns the job, whose ticket then counts `dropped{shutdown}`.
-        tx.send(Job { head: head.clone(), body, opts, probe, ticket, reservation })
+        tx.send(Job { head: head.clone(), dest, body, opts, probe, ticket, reservation })
             .map_err(|_| DropReason::Shutdown)
     }
 
@@ -210,7 +216,7 @@ async fn dispatch(target: Arc<Target>, mut rx: UnboundedReceiver<Job>, clock: Cl
             job = rx.recv() => job,
             _ = sweep.tick() => { target.sweep(); continue; }
         };
-        let Some(Job { head, body, opts, probe, ticket, reservation }) = job else { break };
+        let Some(Job { head, dest, body, opts, probe, ticket, reservation }) = job else { break };
         // Waiting here keeps the job in the backlog: the connection cap is the in-flight cap.
         let Ok(permit) = target.permits.clone().acquire_owned().await else { break };
         drop(reservation);
@@ -223,7 +229,7 @@ async fn dispatch(target: Arc<Target>, mut rx: UnboundedReceiver<Job>, clock: Cl
         let t = target.clone();
         tokio::spawn(async move {
             let started = Instant::now();
-            let outcome = t.deliver(&head, body, opts, move || clock.now_ms()).await;
+            let outcome = t.deliver(&head, dest.as_ref(), body, opts, move || clock.now_ms()).await;
             t.stats.observe(started.elapsed());
             t.stats.inflight.fetch_sub(1, Ordering::Relaxed);
             ticket.finish(outcome);

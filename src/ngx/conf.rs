@@ -133,6 +133,10 @@ pub struct MirrorRef {
     pub key: Option<NonNull<ngx_http_complex_value_t>>,
     /// Index into `MainConf::rates`.
     pub rate: Option<usize>,
+    /// A URL with variables, evaluated for each request.
+    pub url: Option<NonNull<ngx_http_complex_value_t>>,
+    /// The URL's path has variables: it replaces `$request_uri` instead of prefixing it.
+    pub verbatim: bool,
 }
 
 pub const UNRESOLVED: usize = usize::MAX;

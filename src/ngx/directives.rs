@@ -123,7 +123,13 @@ directive!(cmd_async_mirror, LocConf, |cf, lc, args| {
     if matches!(&lc.mirrors, Some(v) if v.is_empty()) {
         return Err(ConfError::Duplicate);
     }
-    let spec = parse::parse_url(args[0])?;
+    let dynamic = args[0].contains('$');
+    let (spec, url) = if dynamic {
+        (parse::parse_template(args[0])?, std::ptr::NonNull::new(complex_value(cf, args[0])?))
+    } else {
+        (parse::parse_url(args[0])?, None)
+    };
+    let verbatim = dynamic && parse::template_path_is_variable(args[0]);
     let (mut sample, mut key, mut rate) = (None, None, None);
     for param in &args[1..] {
         let (name, value) = param.split_once('=').unwrap_or((param, ""));
@@ -156,7 +162,7 @@ directive!(cmd_async_mirror, LocConf, |cf, lc, args| {
         return Err(format!("duplicate target \"{}\"", args[0]).into());
     }
     let sample_ppm = sample.unwrap_or(sample::PPM);
-    list.push(MirrorRef { spec, target: UNRESOLVED, sample_ppm, key, rate });
+    list.push(MirrorRef { spec, target: UNRESOLVED, sample_ppm, key, rate, url, verbatim });
     Ok(())
 });
 

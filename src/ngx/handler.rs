@@ -14,6 +14,7 @@ use super::module::Module;
 use super::process::{Selection, with_engine};
 use crate::engine::body::BodyTx;
 use crate::engine::job::CaptureError;
+use crate::engine::parse::parse_dest;
 use crate::engine::sample::{PPM, key_bucket};
 use crate::engine::{DropReason, Engine, HeaderEdits, Outcome, RequestHead};
 
@@ -97,6 +98,22 @@ fn dispatch(
             ctx.push("skipped");
             continue;
         }
+        // A URL with variables is evaluated here, on the nginx thread; one that is
+        // empty or not a URL of the template's scheme is not copied.
+        let dest = match m.url {
+            None => None,
+            Some(cv) => {
+                let url = eval(r, cv.as_ptr()).and_then(|u| std::str::from_utf8(u).ok()).unwrap_or("");
+                match parse_dest(url, engine.target_is_https(index), m.verbatim) {
+                    Ok(d) => Some(d),
+                    Err(_) => {
+                        ticket.finish(Outcome::Skipped);
+                        ctx.push("skipped");
+                        continue;
+                    }
+                }
+            }
+        };
         if too_large {
             ticket.finish(Outcome::Dropped(DropReason::BodyTooLarge));
             ctx.push_drop(DropReason::BodyTooLarge);
@@ -126,7 +143,7 @@ fn dispatch(
                     ctx.bodies.push(tx);
                     rx
                 });
-                match engine.submit(index, h, body, opts, probe, ticket) {
+                match engine.submit(index, h, dest, body, opts, probe, ticket) {
                     Ok(()) => ctx.push("queued"),
                     Err(reason) => ctx.push_drop(reason),
                 }
