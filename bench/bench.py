@@ -143,7 +143,8 @@ def front_http(mode, port, backend, mirror):
         loc = f"location / {{ async_mirror http://127.0.0.1:{mirror}; {proxy} }}"
     else:
         raise ValueError(mode)
-    return upstream + f"server {{ listen 127.0.0.1:{port} backlog=4096; {loc} }}"
+    limits = "client_max_body_size 64m;" + (" async_mirror_body_max_size 64m;" if mode == "async" else "")
+    return upstream + f"{limits}\nserver {{ listen 127.0.0.1:{port} backlog=4096; {loc} }}"
 
 
 def envoy_yaml(port, backend, mirror):
@@ -182,9 +183,20 @@ def envoy_yaml(port, backend, mirror):
 """
 
 
+SCRIPT = LUA
+
+
+def use_upload(body_bytes, workdir):
+    """Makes every wrk request a POST with a body of `body_bytes`."""
+    global SCRIPT
+    SCRIPT = os.path.join(workdir, "upload.lua")
+    with open(SCRIPT, "w") as f:
+        f.write(f'wrk.method = "POST"\nwrk.body = string.rep("a", {body_bytes})\n' + open(LUA).read())
+
+
 def run_wrk(port, conns, duration):
     out = subprocess.run(
-        ["wrk", "-t2", f"-c{conns}", f"-d{duration}s", "--timeout", "5s", "-s", LUA, f"http://127.0.0.1:{port}/bench"],
+        ["wrk", "-t2", f"-c{conns}", f"-d{duration}s", "--timeout", "5s", "-s", SCRIPT, f"http://127.0.0.1:{port}/bench"],
         capture_output=True, text=True, timeout=duration + 60,
     ).stdout
     m = re.search(r"^JSON (.*)$", out, re.M)
@@ -334,7 +346,7 @@ def start_peers(workdir):
              Proc([PEERS, "slow", str(ports["slow"]), "200"]),
              Proc([PEERS, "blackhole", str(ports["blackhole"])])]
     prefix, conf = nginx_conf(workdir, "backend",
-                              f'server {{ listen 127.0.0.1:{ports["backend"]} backlog=4096; '
+                              f'client_max_body_size 64m; server {{ listen 127.0.0.1:{ports["backend"]} backlog=4096; '
                               f'location / {{ return 200 "hello\\n"; }} }}', workers=1)
     procs.append(Proc([NGINX, "-p", prefix, "-c", conf, "-e", os.path.join(prefix, "logs/error.log")]))
     for k in ["backend", "up", "slow"]:
@@ -351,11 +363,15 @@ def main():
     ap.add_argument("--states", default=os.environ.get("STATES", ",".join(STATES)))
     ap.add_argument("--envoy", default=os.environ.get("ENVOY", os.path.join(BUILD, "pydeps/envoy/_bin/envoy")))
     ap.add_argument("--soak", action="store_true", help="60 s at -c100 against a black hole, then a slow mirror")
+    ap.add_argument("--upload", type=int, default=int(os.environ.get("UPLOAD", 0)),
+                    help="POST bodies of this many bytes instead of GETs")
     args = ap.parse_args()
 
     workdir = os.path.join(BUILD, "bench-run")
     shutil.rmtree(workdir, ignore_errors=True)
     os.makedirs(workdir)
+    if args.upload:
+        use_upload(args.upload, workdir)
     ports, peers = start_peers(workdir)
     try:
         if args.soak:
@@ -389,7 +405,8 @@ def main():
 def report(args, results):
     os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y-%m-%d")
-    base = os.path.join(ROOT, "bench", "results", stamp)
+    name = stamp + (f"-upload-{args.upload}" if args.upload else "") + os.environ.get("BENCH_TAG", "")
+    base = os.path.join(ROOT, "bench", "results", name)
     md = table(results)
     cpu_none = {r["conns"]: r["cpu_us_per_req"] for r in results if r["mode"] == "none"}
     extra = []
@@ -398,15 +415,17 @@ def report(args, results):
             extra.append(f'- -c{r["conns"]}: CPU per copy ≈ {r["cpu_us_per_req"] - cpu_none[r["conns"]]:.1f} µs '
                          f'(front CPU/request {r["cpu_us_per_req"]:.1f} µs with the mirror vs {cpu_none[r["conns"]]:.1f} µs without)')
     machine = f'{os.cpu_count()} cores, {os.uname().release}'
-    cmd = f"make bench DURATION={args.duration} CONNS={args.conns}"
+    cmd = f"make bench DURATION={args.duration} CONNS={args.conns}" + (
+        f" MODES={args.modes} STATES={args.states}" if args.modes != ",".join(MODES) or args.states != ",".join(STATES) else ""
+    ) + (f" UPLOAD={args.upload}" if args.upload else "")
     with open(base + ".json", "w") as f:
         json.dump({"date": stamp, "machine": machine, "command": cmd, "results": results}, f, indent=1)
     with open(base + ".md", "w") as f:
         f.write(f"# {stamp}: `{cmd}` on {machine}\n\n{md}\n\n" + "\n".join(extra) + "\n")
-    svg_chart(results, os.path.join(ROOT, "bench", "results", "chart.svg"))
+    svg_chart(results, base + ".svg")
     print(md)
     print("\n".join(extra))
-    print(f"\nwrote {base}.json, {base}.md, bench/results/chart.svg")
+    print(f"\nwrote {base}.json, {base}.md, {base}.svg")
 
 
 def soak(args, workdir, ports):
