@@ -11,7 +11,7 @@ SHELL      := /bin/bash
 CARGO      ?= cargo
 PROFILE    := release
 BUILD      := build
-APT_PKGS   := libclang-dev libpcre2-dev libssl-dev zlib1g-dev make pkg-config gcc curl
+APT_PKGS   := libclang-dev libpcre2-dev libssl-dev zlib1g-dev make pkg-config gcc curl ca-certificates
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all deps module demo test unittest check fmt clean help bench bench-soak bench-deps
