@@ -92,7 +92,12 @@ fn status_sums_workers_and_survives_reload() {
     let fails = metric(&m, "nginx_async_mirror_copies_total", &refused, "failed:connect");
     let open = metric(&m, "nginx_async_mirror_copies_total", &refused, "dropped:breaker_open");
     assert_eq!(fails + open, 200, "{m:?}");
-    assert!(fails <= 2 * 3 + 4, "the breaker should stop connects after 3 failures per worker: {fails}");
+    // 3 failures per worker open the breaker; copies already in flight (at most
+    // async_mirror_max_connections per worker) may fail too.
+    assert!(
+        fails <= 2 * (3 + 32) && open >= 100,
+        "the breaker should stop connects: {fails} failed, {open} dropped"
+    );
     assert!(metric(&m, "nginx_async_mirror_connections_opened_total", &sink.url(), "") <= 64);
     assert_eq!(metric(&m, "nginx_async_mirror_duration_seconds", &sink.url(), ""), 200);
 
@@ -191,7 +196,7 @@ fn breaker_stops_attempts_and_recovers() {
         thread::sleep(Duration::from_millis(2));
     }
     let attempts = flaky.attempts.load(Ordering::SeqCst);
-    assert!((3..=4).contains(&attempts), "{attempts} connection attempts while the breaker should be open");
+    assert!((3..=6).contains(&attempts), "{attempts} connection attempts while the breaker should be open");
     let m = scrape(ng.port);
     assert!(metric(&m, "nginx_async_mirror_copies_total", &url, "dropped:breaker_open") >= 90, "{m:?}");
     assert_eq!(metric(&m, "nginx_async_mirror_breaker_open", &url, ""), 1);
