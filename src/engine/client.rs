@@ -130,16 +130,18 @@ impl Target {
         opts: CopyOptions,
     ) -> Result<Outcome, Failed> {
         let key = dest.map(|d| (d.host.clone(), d.port));
+        // The connect and exchange futures (TLS, hyper) are large; boxing them keeps the
+        // task spawned per copy small, which tokio moves several times in its life.
         // A pooled connection the mirror closed meanwhile fails before anything is
         // sent; hyper then hands the request back and it goes out on a fresh connection.
         if let Some(sender) = self.checkout(&key) {
-            match self.exchange(sender, &key, req, opts.timeout).await {
+            match Box::pin(self.exchange(sender, &key, req, opts.timeout)).await {
                 Err((Failure::Stale, Some(back))) => req = back,
                 done => return self.settle(done.map_err(|(f, _)| f)),
             }
         }
-        let sender = self.connect(dest, opts.connect_timeout).await?;
-        self.settle(self.exchange(sender, &key, req, opts.timeout).await.map_err(|(f, _)| f))
+        let sender = Box::pin(self.connect(dest, opts.connect_timeout)).await?;
+        self.settle(Box::pin(self.exchange(sender, &key, req, opts.timeout)).await.map_err(|(f, _)| f))
     }
 
     fn settle(&self, r: Result<Outcome, Failure>) -> Result<Outcome, Failed> {
@@ -152,8 +154,8 @@ impl Target {
 
     fn checkout(&self, key: &Option<(String, u16)>) -> Option<SendRequest<CopyBody>> {
         let mut idle = self.idle.lock().ok()?;
-        let ttl = self.settings.keepalive_timeout;
-        idle.retain(|i| i.since.elapsed() < ttl && !i.sender.is_closed());
+        let (ttl, now) = (self.settings.keepalive_timeout, Instant::now());
+        idle.retain(|i| now.saturating_duration_since(i.since) < ttl && !i.sender.is_closed());
         let i = idle.iter().rposition(|i| i.key == *key && i.sender.is_ready())?;
         Some(idle.swap_remove(i).sender)
     }
@@ -167,8 +169,8 @@ impl Target {
     /// Closes pooled connections idle longer than `async_mirror_keepalive_timeout`.
     pub fn sweep(&self) {
         if let Ok(mut idle) = self.idle.lock() {
-            let ttl = self.settings.keepalive_timeout;
-            idle.retain(|i| i.since.elapsed() < ttl && !i.sender.is_closed());
+            let (ttl, now) = (self.settings.keepalive_timeout, Instant::now());
+            idle.retain(|i| now.saturating_duration_since(i.since) < ttl && !i.sender.is_closed());
         }
     }
 
