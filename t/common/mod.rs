@@ -170,7 +170,11 @@ impl Nginx {
 
     /// PIDs of the current worker processes (children of the master).
     pub fn workers(&self) -> Vec<u32> {
-        let path = format!("/proc/{0}/task/{0}/children", self.pid());
+        self.workers_of(self.pid())
+    }
+
+    fn workers_of(&self, master: u32) -> Vec<u32> {
+        let path = format!("/proc/{master}/task/{master}/children");
         std::fs::read_to_string(path)
             .unwrap_or_default()
             .split_whitespace()
@@ -223,10 +227,16 @@ impl Nginx {
         log
     }
 
+    /// Kills the master and its workers: a killed master leaves its workers running.
     fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
+            let workers = self.workers_of(c.id());
             let _ = c.kill();
             let _ = c.wait();
+            for w in workers {
+                // SAFETY: signalling processes this test started.
+                unsafe { libc::kill(w as i32, libc::SIGKILL) };
+            }
         }
     }
 }
