@@ -12,13 +12,8 @@ use common::*;
 use sha2::{Digest, Sha256};
 
 fn front(locations: &str, extra_http: &str) -> String {
-    let backend = free_port();
-    format!(
-        "{}\nclient_max_body_size 64m;\n{extra_http}\n\
-         server {{ listen 127.0.0.1:{{port}}; http2 on;\n{locations}\n\
-         location = /status {{ async_mirror_status; }}\n}}\n",
-        backend_server(backend)
-    )
+    let server = format!("http2 on;\n{locations}\nlocation = /status {{ async_mirror_status; }}");
+    common::front(&server, &format!("client_max_body_size 64m;\n{extra_http}"))
 }
 
 fn sha(b: &[u8]) -> [u8; 32] {

@@ -8,13 +8,6 @@ use std::time::{Duration, Instant};
 use common::*;
 
 /// Front server on `{port}` with the given location blocks, plus a backend.
-fn front(locations: &str, extra_http: &str) -> String {
-    let backend = free_port();
-    format!(
-        "{}\n{extra_http}\nserver {{ listen 127.0.0.1:{{port}};\n{locations}\n}}\n",
-        backend_server(backend)
-    )
-}
 
 #[test]
 fn get_arrives_intact_without_hop_by_hop_headers() {

@@ -14,12 +14,7 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn front(locations: &str, extra_http: &str) -> String {
-    let backend = free_port();
-    format!(
-        "{}\n{extra_http}\nserver {{ listen 127.0.0.1:{{port}};\n{locations}\n\
-         location = /status {{ async_mirror_status; }}\n}}\n",
-        backend_server(backend)
-    )
+    common::front(&format!("{locations}\nlocation = /status {{ async_mirror_status; }}"), extra_http)
 }
 
 /// Parsed status page: (metric, target, outcome/reason) -> value.

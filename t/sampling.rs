@@ -6,14 +6,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn front(locations: &str, extra_http: &str) -> String {
-    let backend = free_port();
-    format!(
-        "{}\n{extra_http}\nserver {{ listen 127.0.0.1:{{port}};\n{locations}\n}}\n",
-        backend_server(backend)
-    )
-}
-
 #[test]
 fn random_sampling_fraction() {
     let sink = Sink::start();

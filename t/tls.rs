@@ -86,14 +86,6 @@ impl TlsSink {
     }
 }
 
-fn front(locations: &str, extra_http: &str) -> String {
-    let backend = free_port();
-    format!(
-        "{}\n{extra_http}\nserver {{ listen 127.0.0.1:{{port}};\n{locations}\n}}\n",
-        backend_server(backend)
-    )
-}
-
 #[test]
 fn https_target_with_trusted_certificate_and_keepalive() {
     let sink = TlsSink::start();

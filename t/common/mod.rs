@@ -573,6 +573,15 @@ pub fn backend_server(port: u16) -> String {
     )
 }
 
+/// The `http {}` body most tests use: a backend, `extra_http`, and a front server on
+/// `{port}` holding `server` (its location blocks and settings).
+pub fn front(server: &str, extra_http: &str) -> String {
+    format!(
+        "{}\n{extra_http}\nserver {{ listen 127.0.0.1:{{port}};\n{server}\n}}\n",
+        backend_server(free_port())
+    )
+}
+
 /// proxy_pass settings used by every test front location.
 pub const PROXY: &str =
     "proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\";";
