@@ -3,6 +3,8 @@
 #   make demo    build, start nginx + backend + mirror sink, send traffic, show counters
 #   make test    unit and integration tests (real nginx, real sockets)
 #   make module  build/ngx_http_async_mirror_module.so and the matching build/nginx
+#                (NGINX_SOURCE_DIR=... or NGINX_BUILD_DIR=...: against that nginx instead)
+#   make test-distro  the integration tests against Debian's packaged nginx
 #   make bench   async_mirror vs nginx's built-in mirror vs Envoy (DURATION=10 CONNS=10,100)
 #
 # One cargo profile (release) is used for everything: each profile builds its own nginx.
@@ -14,7 +16,19 @@ BUILD      := build
 APT_PKGS   := libclang-dev libpcre2-dev libssl-dev zlib1g-dev make pkg-config gcc curl ca-certificates
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps module demo test unittest check fmt clean help bench bench-soak bench-deps
+# Building against another nginx (`make module NGINX_SOURCE_DIR=/path/to/configured/source`,
+# or NGINX_BUILD_DIR=.../objs) uses its own target directory, so the vendored build stays.
+ifneq ($(NGINX_SOURCE_DIR)$(NGINX_BUILD_DIR),)
+export NGINX_SOURCE_DIR NGINX_BUILD_DIR
+TARGET_DIR := target/external
+else
+TARGET_DIR := target
+endif
+
+# Debian's packaged nginx, configured with Debian's own flags, for `make test-distro`.
+DEB_SRC    := $(BUILD)/debian-nginx
+
+.PHONY: all deps module demo test test-distro unittest check fmt clean help bench bench-soak bench-deps
 
 all: module
 
@@ -34,14 +48,15 @@ deps:
 # The module and the exact nginx it was compiled against (from nginx-sys's build output).
 module: deps
 	@mkdir -p $(BUILD)
-	@out=$$($(CARGO) build --$(PROFILE) --message-format=json 2>$(BUILD)/cargo.log \
+	@out=$$(CARGO_TARGET_DIR=$(TARGET_DIR) $(CARGO) build --$(PROFILE) --message-format=json 2>$(BUILD)/cargo.log \
 		| grep '"reason":"build-script-executed"' | grep '#nginx-sys@' \
 		| sed -n 's/.*"out_dir":"\([^"]*\)".*/\1/p' | tail -1) \
 		|| { cat $(BUILD)/cargo.log; exit 1; }; \
 	if [ -z "$$out" ]; then cat $(BUILD)/cargo.log; exit 1; fi; \
-	cp -f target/$(PROFILE)/libngx_http_async_mirror_module.so $(BUILD)/ngx_http_async_mirror_module.so; \
-	if [ -x "$$out/objs/nginx" ]; then cp -f "$$out/objs/nginx" $(BUILD)/nginx; fi; \
-	echo "built $(BUILD)/ngx_http_async_mirror_module.so for $$($(BUILD)/nginx -v 2>&1 | sed 's/.*: //')"
+	cp -f $(TARGET_DIR)/$(PROFILE)/libngx_http_async_mirror_module.so $(BUILD)/ngx_http_async_mirror_module.so; \
+	if [ -x "$$out/objs/nginx" ]; then cp -f "$$out/objs/nginx" $(BUILD)/nginx; \
+		echo "built $(BUILD)/ngx_http_async_mirror_module.so for $$($(BUILD)/nginx -v 2>&1 | sed 's/.*: //')"; \
+	else echo "built $(BUILD)/ngx_http_async_mirror_module.so for the nginx in $(NGINX_SOURCE_DIR)$(NGINX_BUILD_DIR)"; fi
 
 demo: module
 	@bash nginx-conf/demo.sh
@@ -66,6 +81,17 @@ bench: module bench-deps
 bench-soak: module bench-deps
 	$(CARGO) build --$(PROFILE) --example peers
 	python3 bench/bench.py --soak
+
+# Debian: nginx + nginx-dev, the packaged source configured with Debian's flags, the module
+# built against it, and the whole suite run against /usr/sbin/nginx.
+test-distro: deps
+	@for p in nginx nginx-dev; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; fi
+	rm -rf $(DEB_SRC) && mkdir -p $(BUILD) && cp -a /usr/share/nginx/src $(DEB_SRC)
+	cd $(DEB_SRC) && bash -c 'source ./conf_flags && ./configure "$${NGX_CONF_FLAGS[@]}"' > configure.log
+	NGINX_BUILD_DIR=$(CURDIR)/$(DEB_SRC)/objs CARGO_TARGET_DIR=target/distro TEST_NGINX_BINARY=/usr/sbin/nginx \
+		$(CARGO) test --$(PROFILE) --locked --features test-panic
 
 unittest:
 	$(CARGO) test --$(PROFILE) --lib

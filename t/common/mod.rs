@@ -24,6 +24,19 @@ pub fn nginx_binary() -> PathBuf {
     Path::new(env!("DEP_NGINX_BUILD_DIR")).join("nginx")
 }
 
+/// The nginx version as a number, 1028003 for 1.28.3 (from `nginx -v`).
+pub fn nginx_version() -> u32 {
+    static V: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *V.get_or_init(|| {
+        let out = Command::new(nginx_binary()).arg("-v").output().expect("nginx -v");
+        let text = String::from_utf8_lossy(&out.stderr);
+        let v = text.split("nginx/").nth(1).unwrap_or("0.0.0");
+        let mut parts = v.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
+        let (a, b, c) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        a * 1_000_000 + b * 1000 + c
+    })
+}
+
 /// The module cargo built for this test run (next to the test binary), not a stale copy.
 pub fn module_path() -> PathBuf {
     if let Ok(p) = std::env::var("TEST_NGINX_MODULE") {
