@@ -18,8 +18,8 @@ SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Building against another nginx (`make module NGINX_SOURCE_DIR=/path/to/configured/source`,
 # or NGINX_BUILD_DIR=.../objs) uses its own target directory, so the vendored build stays.
+# (make passes variables given on its command line on to cargo's environment.)
 ifneq ($(NGINX_SOURCE_DIR)$(NGINX_BUILD_DIR),)
-export NGINX_SOURCE_DIR NGINX_BUILD_DIR
 TARGET_DIR := target/external
 else
 TARGET_DIR := target
