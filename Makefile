@@ -5,6 +5,8 @@
 #   make module  build/ngx_http_async_mirror_module.so and the matching build/nginx
 #                (NGINX_SOURCE_DIR=... or NGINX_BUILD_DIR=...: against that nginx instead)
 #   make test-distro  the integration tests against Debian's packaged nginx
+#   make test-docker  build docker/Dockerfile with local base images, run it, check copies
+#   make test-addon   build through nginx's ./configure --add-dynamic-module, run the tests with it
 #   make bench   async_mirror vs nginx's built-in mirror vs Envoy (DURATION=10 CONNS=10,100)
 #
 # One cargo profile (release) is used for everything: each profile builds its own nginx.
@@ -28,7 +30,7 @@ endif
 # Debian's packaged nginx, configured with Debian's own flags, for `make test-distro`.
 DEB_SRC    := $(BUILD)/debian-nginx
 
-.PHONY: all deps module demo test test-distro unittest check fmt clean help bench bench-soak bench-deps
+.PHONY: all deps module demo test test-distro test-docker test-addon unittest check fmt clean help bench bench-soak bench-deps
 
 all: module
 
@@ -92,6 +94,24 @@ test-distro: deps
 	cd $(DEB_SRC) && bash -c 'source ./conf_flags && ./configure "$${NGX_CONF_FLAGS[@]}"' > configure.log
 	NGINX_BUILD_DIR=$(CURDIR)/$(DEB_SRC)/objs CARGO_TARGET_DIR=target/distro TEST_NGINX_BINARY=/usr/sbin/nginx \
 		$(CARGO) test --$(PROFILE) --locked --features test-panic
+
+# nginx's own build system: the vendored nginx source configured with --add-dynamic-module
+# pointing here, `make modules`, and the core integration tests run with that module.
+ADDON_SRC  := $(BUILD)/nginx-addon
+# The nginx source the crate vendors (the nginx-src crate), found through cargo metadata.
+VENDORED_NGINX_SRC = $(shell $(CARGO) metadata --format-version 1 --locked 2>/dev/null \
+	| grep -o '"manifest_path":"[^"]*/nginx-src-[^"/]*/Cargo.toml"' | head -1 \
+	| sed 's|"manifest_path":"\(.*\)/Cargo.toml"|\1/nginx|')
+test-addon: module
+	rm -rf $(ADDON_SRC) && cp -a "$(VENDORED_NGINX_SRC)" $(ADDON_SRC)
+	cd $(ADDON_SRC) && ./auto/configure --with-compat --with-threads --with-http_ssl_module \
+		--with-http_v2_module --with-http_realip_module --add-dynamic-module=$(CURDIR) > configure.log
+	$(MAKE) -C $(ADDON_SRC) -f objs/Makefile modules > $(ADDON_SRC)/make.log
+	TEST_NGINX_MODULE=$(CURDIR)/$(ADDON_SRC)/objs/ngx_http_async_mirror_module.so \
+		$(CARGO) test --$(PROFILE) --locked --test mirror --test conf_errors --test body
+
+test-docker: deps
+	bash docker/test-docker.sh
 
 unittest:
 	$(CARGO) test --$(PROFILE) --lib

@@ -27,7 +27,10 @@ cleanup() {
         $DOCKER rmi -f "$img" >/dev/null 2>&1
     done
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+    $DOCKER builder prune -af >/dev/null 2>&1
     [ -n "${DPID:-}" ] && { kill "$DPID"; wait "$DPID" 2>/dev/null; }
+    # Keep the debootstrap tree for the next run; the toolchain copy and sources are large.
+    rm -rf "$W/builder" "$W/src"
     mountpoint -q /run/docker/netns/default 2>/dev/null && umount /run/docker/netns/default
 }
 trap cleanup EXIT
