@@ -34,7 +34,7 @@ pub enum Outcome {
     Status5xx,
     Failed(FailReason),
     Dropped(DropReason),
-    /// Not copyable (upgrade, loop guard, body not yet supported, unrepresentable request).
+    /// Not copyable (upgrade, loop guard, an unusable URL from variables, unrepresentable request).
     Skipped,
 }
 
