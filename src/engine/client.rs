@@ -154,8 +154,7 @@ impl Target {
 
     fn checkout(&self, key: &Option<(String, u16)>) -> Option<SendRequest<CopyBody>> {
         let mut idle = self.idle.lock().ok()?;
-        let (ttl, now) = (self.settings.keepalive_timeout, Instant::now());
-        idle.retain(|i| now.saturating_duration_since(i.since) < ttl && !i.sender.is_closed());
+        self.prune(&mut idle);
         let i = idle.iter().rposition(|i| i.key == *key && i.sender.is_ready())?;
         Some(idle.swap_remove(i).sender)
     }
@@ -169,9 +168,14 @@ impl Target {
     /// Closes pooled connections idle longer than `async_mirror_keepalive_timeout`.
     pub fn sweep(&self) {
         if let Ok(mut idle) = self.idle.lock() {
-            let (ttl, now) = (self.settings.keepalive_timeout, Instant::now());
-            idle.retain(|i| now.saturating_duration_since(i.since) < ttl && !i.sender.is_closed());
+            self.prune(&mut idle);
         }
+    }
+
+    /// Drops expired and closed connections (one clock read for the whole list).
+    fn prune(&self, idle: &mut Vec<Idle>) {
+        let (ttl, now) = (self.settings.keepalive_timeout, Instant::now());
+        idle.retain(|i| now.saturating_duration_since(i.since) < ttl && !i.sender.is_closed());
     }
 
     async fn connect(&self, dest: Option<&Dest>, limit: Duration) -> Result<SendRequest<CopyBody>, Failed> {

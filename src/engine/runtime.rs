@@ -220,7 +220,6 @@ const IDLE: Duration = Duration::from_millis(100);
 async fn dispatch(target: Arc<Target>, mut rx: UnboundedReceiver<Job>, clock: Clock) {
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
     let mut busy_until: Option<Instant> = None;
-    let mut last_sweep = Instant::now();
     loop {
         let job = match busy_until {
             // Polling: try_recv registers no waker, so senders do not wake this task.
@@ -231,11 +230,10 @@ async fn dispatch(target: Arc<Target>, mut rx: UnboundedReceiver<Job>, clock: Cl
                     if Instant::now() >= until {
                         busy_until = None;
                     } else {
-                        tokio::time::sleep(BATCH).await;
-                    }
-                    if last_sweep.elapsed() >= Duration::from_secs(1) {
-                        last_sweep = Instant::now();
-                        target.sweep();
+                        tokio::select! {
+                            _ = tokio::time::sleep(BATCH) => {}
+                            _ = sweep.tick() => target.sweep(),
+                        }
                     }
                     continue;
                 }

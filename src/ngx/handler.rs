@@ -16,7 +16,7 @@ use crate::engine::body::BodyTx;
 use crate::engine::job::CaptureError;
 use crate::engine::parse::parse_dest;
 use crate::engine::sample::{PPM, key_bucket};
-use crate::engine::{DropReason, Engine, HeaderEdits, Outcome, RequestHead};
+use crate::engine::{DropReason, Engine, HeaderEdits, Outcome, RequestHead, Ticket};
 
 /// Always declines: the request goes on exactly as without the module, whatever happens here.
 pub unsafe extern "C" fn precontent_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
@@ -94,8 +94,7 @@ fn dispatch(
         }
         let Some(ticket) = engine.ticket(index) else { continue };
         if skip {
-            ticket.finish(Outcome::Skipped);
-            ctx.push("skipped");
+            ctx.end(ticket, Outcome::Skipped);
             continue;
         }
         // A URL with variables is evaluated here, on the nginx thread; one that is
@@ -107,22 +106,19 @@ fn dispatch(
                 match parse_dest(url, engine.target_is_https(index), m.verbatim) {
                     Ok(d) => Some(d),
                     Err(_) => {
-                        ticket.finish(Outcome::Skipped);
-                        ctx.push("skipped");
+                        ctx.end(ticket, Outcome::Skipped);
                         continue;
                     }
                 }
             }
         };
         if too_large {
-            ticket.finish(Outcome::Dropped(DropReason::BodyTooLarge));
-            ctx.push_drop(DropReason::BodyTooLarge);
+            ctx.end(ticket, Outcome::Dropped(DropReason::BodyTooLarge));
             continue;
         }
         if let Some(bucket) = m.rate.and_then(|b| select.buckets.get_mut(b)) {
             if !bucket.take(now) {
-                ticket.finish(Outcome::Dropped(DropReason::RateLimited));
-                ctx.push_drop(DropReason::RateLimited);
+                ctx.end(ticket, Outcome::Dropped(DropReason::RateLimited));
                 continue;
             }
         }
@@ -130,8 +126,7 @@ fn dispatch(
         let probe = match engine.admit(index, &opts) {
             Ok(probe) => probe,
             Err(reason) => {
-                ticket.finish(Outcome::Dropped(reason));
-                ctx.push_drop(reason);
+                ctx.end(ticket, Outcome::Dropped(reason));
                 continue;
             }
         };
@@ -148,10 +143,7 @@ fn dispatch(
                     Err(reason) => ctx.push_drop(reason),
                 }
             }
-            Err(_) => {
-                ticket.finish(Outcome::Skipped);
-                ctx.push("skipped");
-            }
+            Err(_) => ctx.end(ticket, Outcome::Skipped),
         }
     }
 }
@@ -270,6 +262,15 @@ impl RequestCtx {
 
     fn push_drop(&mut self, reason: DropReason) {
         self.push(&format!("dropped:{}", Outcome::Dropped(reason).reason()));
+    }
+
+    /// Ends a copy decided on the nginx thread: counts it and records it for the variable.
+    fn end(&mut self, ticket: Ticket, outcome: Outcome) {
+        ticket.finish(outcome);
+        match outcome {
+            Outcome::Dropped(reason) => self.push_drop(reason),
+            other => self.push(other.label()),
+        }
     }
 
     pub fn outcome(&self) -> &str {
