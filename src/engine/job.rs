@@ -4,27 +4,21 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Uri};
 
+use super::parse::Dest;
+use super::url::PathKind;
+
 /// Headers that describe one connection, not the request (RFC 9110 §7.6.1), plus
 /// the legacy `Proxy-Connection`; never forwarded to a mirror.
 const HOP_BY_HOP: [&str; 7] =
     ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
 
-/// Why a request cannot be replayed as a copy; the copy is counted `skipped`.
+/// Why a request cannot be replayed as a copy; the copy is counted `skipped` (the
+/// variant is kept for debugging, not shown to the client or the log).
 #[derive(Debug, PartialEq, Eq)]
 pub enum CaptureError {
     Method,
     Uri,
     Header(String),
-}
-
-impl std::fmt::Display for CaptureError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CaptureError::Method => f.write_str("method not representable"),
-            CaptureError::Uri => f.write_str("request URI not representable"),
-            CaptureError::Header(n) => write!(f, "header \"{n}\" not representable"),
-        }
-    }
 }
 
 /// An immutable snapshot of the client request, shared by every target's copy.
@@ -103,28 +97,27 @@ impl RequestHead {
         std::mem::size_of::<Self>() + self.request_uri.len() + headers
     }
 
-    /// The copy for one target: prefix + `$request_uri`, `Host` kept (or the target's authority).
-    pub fn to_request<B>(&self, prefix: &str, authority: &str, body: B) -> Request<B> {
-        let path = if prefix.is_empty() {
-            self.request_uri.clone()
-        } else {
-            let mut p = Vec::with_capacity(prefix.len() + self.request_uri.len());
-            p.extend_from_slice(prefix.as_bytes());
-            p.extend_from_slice(&self.request_uri);
-            Bytes::from(p)
+    /// The copy for one destination: its prefix + `$request_uri` (or its whole request
+    /// target), `Host` kept (or the destination's authority).
+    pub fn to_request<B>(&self, dest: &Dest, body: B) -> Request<B> {
+        let path = match dest.kind {
+            PathKind::Target => Bytes::from(dest.url.path.clone()),
+            PathKind::Prefix if dest.url.path.is_empty() => self.request_uri.clone(),
+            PathKind::Prefix => {
+                let prefix = dest.url.path.as_bytes();
+                let mut p = Vec::with_capacity(prefix.len() + self.request_uri.len());
+                p.extend_from_slice(prefix);
+                p.extend_from_slice(&self.request_uri);
+                Bytes::from(p)
+            }
         };
-        self.to_request_at(path, authority, body)
-    }
-
-    /// The copy with an explicit request target (from a URL whose path has variables).
-    pub fn to_request_at<B>(&self, path: Bytes, authority: &str, body: B) -> Request<B> {
         let uri = Uri::from_maybe_shared(path).unwrap_or_else(|_| Uri::from_static("/"));
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = uri;
         *req.headers_mut() = self.headers.clone();
         if !req.headers().contains_key(http::header::HOST) {
-            if let Ok(v) = HeaderValue::from_str(authority) {
+            if let Ok(v) = HeaderValue::from_str(&dest.authority) {
                 req.headers_mut().insert(http::header::HOST, v);
             }
         }
@@ -141,6 +134,7 @@ fn trim(s: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::parse::parse_dest;
 
     fn hdrs(list: &[(&'static str, &'static str)]) -> Vec<(&'static [u8], &'static [u8])> {
         list.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())).collect()
@@ -162,7 +156,8 @@ mod tests {
         let names: Vec<_> = head.headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["host", "x-custom"]);
         assert_eq!(head.headers.get_all("x-custom").iter().count(), 2);
-        let req = head.to_request("/shadow", "mirror:8080", ());
+        let req =
+            head.to_request(&parse_dest("http://mirror:8080/shadow", false, PathKind::Prefix).unwrap(), ());
         assert_eq!(req.uri(), "/shadow/p?q=1");
         assert_eq!(req.headers()["host"], "example.com");
     }
@@ -179,7 +174,7 @@ mod tests {
         assert!(!head.headers.contains_key("x-b"));
         assert_eq!(head.headers["x-new"], "n");
         assert_eq!(head.headers["x-async-mirror"], "1");
-        let req = head.to_request("", "127.0.0.1:9", ());
+        let req = head.to_request(&parse_dest("http://127.0.0.1:9", false, PathKind::Prefix).unwrap(), ());
         assert_eq!(req.headers()["host"], "127.0.0.1:9");
         assert_eq!(req.method(), Method::DELETE);
         assert!(head.weight() > 0);
@@ -202,5 +197,44 @@ mod tests {
             RequestHead::capture(b"GET", b"/", bad.iter().copied(), &e),
             Err(CaptureError::Header(_))
         ));
+    }
+
+    proptest::proptest! {
+        /// Arbitrary bytes never panic; what is captured is exactly the input minus the
+        /// hop-by-hop headers, in order.
+        #[test]
+        fn capture_is_total_and_faithful(
+            method in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..10),
+            uri in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+            raw in proptest::collection::vec((proptest::collection::vec(proptest::prelude::any::<u8>(), 0..12),
+                                              proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20)), 0..8),
+            names in proptest::collection::vec("[A-Za-z][A-Za-z0-9-]{0,10}", 0..8),
+        ) {
+            let h: Vec<(&[u8], &[u8])> = raw.iter().map(|(n, v)| (&n[..], &v[..])).collect();
+            let _ = RequestHead::capture(&method, &uri, h.iter().copied(), &HeaderEdits::default());
+
+            let valid: Vec<(String, String)> = names.iter().map(|n| (n.clone(), format!("v-{n}"))).collect();
+            let h: Vec<(&[u8], &[u8])> = valid.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())).collect();
+            let head = RequestHead::capture(b"GET", b"/x", h.iter().copied(), &HeaderEdits::default()).unwrap();
+            let named: Vec<String> = valid.iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+                .flat_map(|(_, v)| v.split(',').map(|t| t.trim().to_ascii_lowercase()).collect::<Vec<_>>())
+                .collect();
+            let want: Vec<(String, String)> = valid.iter()
+                .filter(|(n, _)| !HOP_BY_HOP.contains(&n.to_ascii_lowercase().as_str())
+                    && !named.contains(&n.to_ascii_lowercase()))
+                .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
+                .collect();
+            let mut got: Vec<(String, String)> = Vec::new();
+            for name in head.headers.keys() {
+                for v in head.headers.get_all(name) {
+                    got.push((name.as_str().to_string(), v.to_str().unwrap().to_string()));
+                }
+            }
+            let mut want_sorted = want.clone();
+            want_sorted.sort();
+            got.sort();
+            proptest::prop_assert_eq!(got, want_sorted);
+        }
     }
 }

@@ -7,6 +7,8 @@
 
 use std::sync::Mutex;
 
+use super::ids::{Id, TargetId};
+
 #[derive(Debug, Default)]
 struct Slot {
     first: Option<String>,
@@ -21,7 +23,7 @@ pub struct LogQueue {
 /// One line for the error log.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Report {
-    pub target: usize,
+    pub target: TargetId,
     pub message: String,
     pub suppressed: u64,
 }
@@ -32,9 +34,9 @@ impl LogQueue {
     }
 
     /// Called from runtime threads.
-    pub fn push(&self, target: usize, message: impl FnOnce() -> String) {
+    pub fn push(&self, target: TargetId, message: impl FnOnce() -> String) {
         let Ok(mut slots) = self.slots.lock() else { return };
-        if let Some(slot) = slots.get_mut(target) {
+        if let Some(slot) = slots.get_mut(target.index()) {
             if slot.first.is_none() {
                 slot.first = Some(message());
             } else {
@@ -49,7 +51,11 @@ impl LogQueue {
         let mut out = Vec::new();
         for (target, slot) in slots.iter_mut().enumerate() {
             if let Some(message) = slot.first.take() {
-                out.push(Report { target, message, suppressed: std::mem::take(&mut slot.suppressed) });
+                out.push(Report {
+                    target: TargetId::from_index(target),
+                    message,
+                    suppressed: std::mem::take(&mut slot.suppressed),
+                });
             }
         }
         out
@@ -64,14 +70,20 @@ mod tests {
     fn one_report_per_target_per_take() {
         let q = LogQueue::new(2);
         for i in 0..5 {
-            q.push(1, || format!("refused {i}"));
+            q.push(TargetId::from_index(1), || format!("refused {i}"));
         }
-        q.push(0, || "timeout".into());
-        q.push(7, || "unknown target ignored".into());
+        q.push(TargetId::from_index(0), || "timeout".into());
+        q.push(TargetId::from_index(7), || "unknown target ignored".into());
         let r = q.take();
         assert_eq!(r.len(), 2);
-        assert_eq!(r[0], Report { target: 0, message: "timeout".into(), suppressed: 0 });
-        assert_eq!(r[1], Report { target: 1, message: "refused 0".into(), suppressed: 4 });
+        assert_eq!(
+            r[0],
+            Report { target: TargetId::from_index(0), message: "timeout".into(), suppressed: 0 }
+        );
+        assert_eq!(
+            r[1],
+            Report { target: TargetId::from_index(1), message: "refused 0".into(), suppressed: 4 }
+        );
         assert!(q.take().is_empty());
     }
 }

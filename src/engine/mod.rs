@@ -1,25 +1,35 @@
 //! The mirror engine: plain Rust, no nginx types, unit-tested without nginx.
 //!
-//! The nginx layer captures a [`RequestHead`] on the nginx thread and hands it
-//! to the [`Engine`], which sends it to each target on its own Tokio runtime.
+//! The nginx layer captures a [`RequestHead`] on the nginx thread, admits a
+//! [`copy::Copy`] per target and hands it to the [`Engine`], which sends it on
+//! its own Tokio runtime.
 #![forbid(unsafe_code)]
 
 pub mod body;
 pub mod breaker;
-pub mod client;
+pub mod connect;
+pub mod copy;
+pub mod http1;
+pub mod ids;
 pub mod job;
 pub mod logq;
 pub mod outcome;
 pub mod parse;
+pub mod pool;
 pub mod queue;
+pub mod response;
 pub mod runtime;
 pub mod sample;
 pub mod status;
+pub mod target;
 pub mod tls;
+pub mod url;
 
 pub use breaker::BreakerSettings;
-pub use client::{ClientSettings, CopyOptions};
+pub use copy::CopyOptions;
+pub use ids::{RateId, SpecId, TargetId};
 pub use job::{HeaderEdits, RequestHead};
-pub use outcome::{DropReason, Outcome, TargetStats, Ticket};
+pub use outcome::{DropReason, Outcome, TargetStats};
 pub use parse::TargetSpec;
 pub use runtime::{Engine, EngineSettings};
+pub use target::ClientSettings;

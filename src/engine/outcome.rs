@@ -119,6 +119,19 @@ impl fmt::Display for Outcome {
     }
 }
 
+/// A copy that failed: the counted reason, and what to tell the error log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub reason: FailReason,
+    pub detail: String,
+}
+
+impl Failure {
+    pub fn new(reason: FailReason, detail: impl Into<String>) -> Failure {
+        Failure { reason, detail: detail.into() }
+    }
+}
+
 /// Upper bounds (milliseconds) of the copy-duration histogram buckets; `+Inf` follows.
 pub const BUCKETS_MS: [u64; 11] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
 
@@ -176,6 +189,10 @@ impl TargetStats {
         v[slot::DURATION_SUM_US] = self.duration_sum_us.load(Ordering::Relaxed);
         v[slot::DURATION_COUNT] = self.duration_count.load(Ordering::Relaxed);
         v
+    }
+
+    pub fn attempted(&self) -> u64 {
+        self.attempted.load(Ordering::Relaxed)
     }
 
     pub fn record(&self, o: Outcome) {

@@ -3,191 +3,112 @@
 //! Kept free of nginx types so every rule is unit-tested; the FFI layer only
 //! turns the `Err` strings into `async_mirror: ...` config errors.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::Duration;
 
-/// A mirror target as written in `async_mirror URL`, checked and resolved at config time.
+use super::url::{self, PathKind, Url, UrlError};
+
+/// A mirror target as written in `async_mirror URL`, checked (and, without variables,
+/// resolved) at config time.
 #[derive(Debug, Clone)]
 pub struct TargetSpec {
     /// The URL exactly as configured; names the target in logs and counters.
     pub url: String,
-    /// Host part as written (name or IP literal, IPv6 without brackets).
-    pub host: String,
-    pub port: u16,
-    /// Path prefix prepended to `$request_uri`; empty when the URL has none or is "/".
-    pub prefix: String,
-    /// Resolved once, like nginx resolves `proxy_pass` hosts at config time.
-    pub addr: SocketAddr,
     pub https: bool,
+    /// Where every copy goes; `None` for a URL with variables, whose copies each carry
+    /// their own [`Dest`].
+    pub dest: Option<Dest>,
     /// Set for `https://` targets once the location's TLS settings are known.
-    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
-    /// The URL has variables: each copy carries its own [`Dest`].
-    pub dynamic: bool,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
-/// Where one copy goes when the target URL has variables, evaluated per request.
+/// Where one copy goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dest {
-    pub host: String,
-    pub port: u16,
-    /// Path prefix to put before `$request_uri`, or the whole request target when `verbatim`.
-    pub path: String,
-    pub verbatim: bool,
+    pub url: Url,
+    /// Whether `url.path` is a prefix to `$request_uri` or the whole request target.
+    pub kind: PathKind,
+    /// `Host` header value when the client sent none.
     pub authority: String,
+    /// Known without a lookup: resolved at config time, or an IP literal.
+    pub addr: Option<SocketAddr>,
 }
 
-/// A URL template with variables: checked at config time, resolved per request.
+impl Dest {
+    fn new(url: Url, kind: PathKind, addr: Option<SocketAddr>) -> Dest {
+        let addr = addr.or_else(|| url.host.parse::<IpAddr>().ok().map(|ip| (ip, url.port).into()));
+        Dest { authority: url.authority(), url, kind, addr }
+    }
+}
+
+/// Parses `http[s]://host[:port][/prefix]` and resolves the host once, like nginx
+/// resolves `proxy_pass` hosts at config time.
+///
+/// # Errors
+/// A message suitable after `async_mirror: ` naming what is wrong.
+pub fn parse_target(written: &str) -> Result<TargetSpec, String> {
+    let url = Url::parse(written, PathKind::Prefix).map_err(|e| match e {
+        UrlError::Scheme(s) => {
+            format!("unsupported scheme \"{s}\" in URL \"{written}\" (expected http or https)")
+        }
+        UrlError::TooLong => too_long(written),
+        UrlError::Invalid(why) => format!("invalid URL \"{written}\": {why}"),
+    })?;
+    let addr = (url.host.as_str(), url.port)
+        .to_socket_addrs()
+        .map_err(|e| format!("host not found in URL \"{written}\": {e}"))?
+        .next()
+        .ok_or_else(|| format!("host not found in URL \"{written}\""))?;
+    Ok(TargetSpec {
+        url: written.to_string(),
+        https: url.https,
+        dest: Some(Dest::new(url, PathKind::Prefix, Some(addr))),
+        tls: None,
+    })
+}
+
+fn too_long(url: &str) -> String {
+    let start: String = url.chars().take(32).collect();
+    format!("URL \"{start}...\" is longer than {} bytes", url::MAX_LEN)
+}
+
+/// A URL template with variables: checked at config time, evaluated per request.
 ///
 /// # Errors
 /// A template whose scheme is not a literal `http://` or `https://`.
-pub fn parse_template(url: &str) -> Result<TargetSpec, String> {
-    let lower = url.to_ascii_lowercase();
+pub fn parse_template(written: &str) -> Result<TargetSpec, String> {
+    let lower = written.to_ascii_lowercase();
     let https = lower.starts_with("https://");
     if !https && !lower.starts_with("http://") {
-        return Err(format!("URL \"{url}\" with variables must start with http:// or https://"));
+        return Err(format!("URL \"{written}\" with variables must start with http:// or https://"));
     }
-    if url.len() > 512 {
-        return Err("URL template is longer than 512 bytes".into());
+    if written.len() > url::MAX_LEN {
+        return Err(too_long(written));
     }
-    Ok(TargetSpec {
-        url: url.to_string(),
-        host: String::new(),
-        port: 0,
-        prefix: String::new(),
-        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-        https,
-        tls: None,
-        dynamic: true,
-    })
+    Ok(TargetSpec { url: written.to_string(), https, dest: None, tls: None })
 }
 
 /// Whether the path part of a template has variables: then the evaluated path is the
 /// whole request target, as with `proxy_pass` and variables; otherwise it is a prefix.
-pub fn template_path_is_variable(url: &str) -> bool {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    rest.find('/').is_some_and(|i| rest[i..].contains('$'))
+pub fn template_path_kind(written: &str) -> PathKind {
+    let rest = written.split_once("://").map_or(written, |(_, r)| r);
+    match rest.find('/') {
+        Some(i) if rest[i..].contains('$') => PathKind::Target,
+        _ => PathKind::Prefix,
+    }
 }
 
-/// Parses an evaluated template. No name resolution here: that happens on the runtime.
+/// Parses an evaluated template. Names are not looked up here: that happens on the runtime.
 ///
 /// # Errors
-/// Anything that is not a usable `scheme://host[:port][/path]` of the template's scheme.
-pub fn parse_dest(url: &str, https: bool, verbatim: bool) -> Result<Dest, String> {
-    let (scheme, rest) = url.split_once("://").ok_or("no scheme")?;
-    if scheme.eq_ignore_ascii_case("https") != https || !(scheme.eq_ignore_ascii_case("http") || https) {
-        return Err(format!("scheme \"{scheme}\" differs from the template's"));
+/// Anything that is not a usable URL of the template's scheme.
+pub fn parse_dest(evaluated: &str, https: bool, kind: PathKind) -> Result<Dest, String> {
+    let url = Url::parse(evaluated, kind).map_err(|e| format!("{e:?}"))?;
+    if url.https != https {
+        return Err("scheme differs from the template's".into());
     }
-    let (hostport, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, ""),
-    };
-    if path.bytes().any(|b| b <= b' ' || b == 0x7f) || hostport.contains('@') {
-        return Err("invalid characters".into());
-    }
-    let (host, port) = split_host_port(hostport, if https { 443 } else { 80 })?;
-    let spec = TargetSpec {
-        url: String::new(),
-        host: host.clone(),
-        port,
-        prefix: String::new(),
-        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-        https,
-        tls: None,
-        dynamic: true,
-    };
-    let path = if verbatim {
-        if !path.starts_with('/') {
-            return Err("no path".into());
-        }
-        path.to_string()
-    } else if path == "/" {
-        String::new()
-    } else {
-        path.trim_end_matches('/').to_string()
-    };
-    if !verbatim && path.contains(['?', '#']) {
-        return Err("query in a path prefix".into());
-    }
-    Ok(Dest { authority: spec.authority(), host, port, path, verbatim })
-}
-
-impl TargetSpec {
-    /// `Host` header value used when the client request carries none.
-    pub fn authority(&self) -> String {
-        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
-        let default = if self.https { 443 } else { 80 };
-        if self.port == default { host } else { format!("{host}:{}", self.port) }
-    }
-}
-
-/// Parses `http://host[:port][/prefix]`.
-///
-/// # Errors
-/// A message suitable after `async_mirror: ` naming what is wrong.
-pub fn parse_url(url: &str) -> Result<TargetSpec, String> {
-    let (scheme, rest) = match url.split_once("://") {
-        Some(parts) => parts,
-        None => return Err(format!("invalid URL \"{url}\": expected http://host[:port][/prefix]")),
-    };
-    let https = scheme.eq_ignore_ascii_case("https");
-    if !https && !scheme.eq_ignore_ascii_case("http") {
-        return Err(format!("unsupported scheme \"{scheme}\" in URL \"{url}\" (expected http or https)"));
-    }
-    if url.len() > 512 {
-        let start: String = url.chars().take(32).collect();
-        return Err(format!("URL \"{start}...\" is longer than 512 bytes"));
-    }
-    let (hostport, prefix) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, ""),
-    };
-    if prefix.contains(['?', '#']) {
-        return Err(format!("invalid URL \"{url}\": query and fragment are not allowed"));
-    }
-    if prefix.bytes().any(|b| b <= b' ' || b == 0x7f) {
-        return Err(format!("invalid URL \"{url}\": whitespace or control character in path"));
-    }
-    if hostport.contains('@') {
-        return Err(format!("invalid URL \"{url}\": user info is not supported"));
-    }
-    let (host, port) = split_host_port(hostport, if https { 443 } else { 80 })
-        .map_err(|e| format!("invalid URL \"{url}\": {e}"))?;
-    let addr = (host.as_str(), port)
-        .to_socket_addrs()
-        .map_err(|e| format!("host not found in URL \"{url}\": {e}"))?
-        .next()
-        .ok_or_else(|| format!("host not found in URL \"{url}\""))?;
-    let prefix = if prefix == "/" { String::new() } else { prefix.trim_end_matches('/').to_string() };
-    Ok(TargetSpec { url: url.to_string(), host, port, prefix, addr, https, tls: None, dynamic: false })
-}
-
-fn split_host_port(hostport: &str, default_port: u16) -> Result<(String, u16), String> {
-    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-        let (host, after) = v6.split_once(']').ok_or("unterminated IPv6 address")?;
-        match after {
-            "" => (host, None),
-            p => (host, Some(p.strip_prefix(':').ok_or("garbage after IPv6 address")?)),
-        }
-    } else {
-        match hostport.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (hostport, None),
-        }
-    };
-    if host.is_empty() {
-        return Err("no host".into());
-    }
-    if !host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b)) {
-        return Err(format!("invalid host \"{host}\""));
-    }
-    let port = match port {
-        None => default_port,
-        Some(p) => match p.parse::<u16>() {
-            Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => n,
-            _ => return Err(format!("invalid port \"{p}\"")),
-        },
-    };
-    Ok((host.to_string(), port))
+    Ok(Dest::new(url, kind, None))
 }
 
 /// nginx size syntax: `1024`, `8k`, `1m`, `1g` (case-insensitive).
@@ -305,52 +226,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls() {
-        let t = parse_url("http://127.0.0.1:8080").unwrap();
-        assert_eq!((t.host.as_str(), t.port, t.prefix.as_str()), ("127.0.0.1", 8080, ""));
-        assert_eq!(t.addr, "127.0.0.1:8080".parse().unwrap());
-        let t = parse_url("http://127.0.0.1/shadow/").unwrap();
-        assert_eq!((t.port, t.prefix.as_str(), t.authority().as_str()), (80, "/shadow", "127.0.0.1"));
-        let t = parse_url("http://[::1]:81/").unwrap();
-        assert_eq!((t.host.as_str(), t.authority().as_str()), ("::1", "[::1]:81"));
-        assert_eq!(parse_url("HTTP://localhost:9").unwrap().addr.port(), 9);
-        let t = parse_url("https://127.0.0.1").unwrap();
-        assert_eq!((t.https, t.port, t.authority().as_str()), (true, 443, "127.0.0.1"));
-        for bad in [
-            "127.0.0.1:8080",
-            "ftp://x",
-            "http://",
-            "http://:80",
-            "http://127.0.0.1:0",
-            "http://127.0.0.1:65536",
-            "http://127.0.0.1:8x",
-            "http://127.0.0.1:+80",
-            "http://127.0.0.1/a?b",
-            "http://127.0.0.1/a#b",
-            "http://u@127.0.0.1",
-            "http://[::1",
-            "http://ex ample",
-            "http://no-such-host.invalid",
-        ] {
-            assert!(parse_url(bad).is_err(), "{bad} accepted");
-        }
+    fn targets() {
+        let t = parse_target("http://127.0.0.1:8080").unwrap();
+        let d = t.dest.unwrap();
+        assert_eq!((d.url.host.as_str(), d.url.port, d.url.path.as_str()), ("127.0.0.1", 8080, ""));
+        assert_eq!(d.addr, Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(parse_target("HTTP://localhost:9").unwrap().dest.unwrap().addr.unwrap().port(), 9);
+        assert!(parse_target("ftp://x").unwrap_err().starts_with("unsupported scheme \"ftp\""));
+        assert!(parse_target("http://h/a?b").unwrap_err().starts_with("invalid URL \"http://h/a?b\": "));
+        assert!(parse_target("http://no-such-host.invalid").unwrap_err().starts_with("host not found"));
+        assert!(parse_target(&format!("http://h/{}", "a".repeat(600))).unwrap_err().contains("longer than"));
     }
 
     #[test]
     fn templates_and_dests() {
-        assert!(parse_template("http://$mirror:8080").unwrap().dynamic);
+        assert!(parse_template("http://$mirror:8080").unwrap().dest.is_none());
         assert!(parse_template("$scheme://x").is_err());
-        assert!(!template_path_is_variable("http://$host:1/fixed"));
-        assert!(template_path_is_variable("http://h:1/$uri"));
-        let d = parse_dest("http://10.1.2.3:8080/shadow/", false, false).unwrap();
-        assert_eq!(
-            (d.host.as_str(), d.port, d.path.as_str(), d.authority.as_str()),
-            ("10.1.2.3", 8080, "/shadow", "10.1.2.3:8080")
-        );
-        let d = parse_dest("https://mirror/a/b?c=1", true, true).unwrap();
-        assert_eq!((d.port, d.path.as_str(), d.verbatim), (443, "/a/b?c=1", true));
+        assert_eq!(template_path_kind("http://$host:1/fixed"), PathKind::Prefix);
+        assert_eq!(template_path_kind("http://h:1/$uri"), PathKind::Target);
+        let d = parse_dest("http://10.1.2.3:8080/shadow/", false, PathKind::Prefix).unwrap();
+        assert_eq!((d.url.path.as_str(), d.authority.as_str()), ("/shadow", "10.1.2.3:8080"));
+        assert_eq!(d.addr, Some("10.1.2.3:8080".parse().unwrap()));
+        let d = parse_dest("https://mirror/a/b?c=1", true, PathKind::Target).unwrap();
+        assert_eq!((d.url.port, d.url.path.as_str(), d.addr), (443, "/a/b?c=1", None));
         for bad in ["", "http://", "http://:80", "https://x", "ftp://x", "http://x:99999", "http://a b"] {
-            assert!(parse_dest(bad, false, false).is_err(), "{bad} accepted");
+            assert!(parse_dest(bad, false, PathKind::Prefix).is_err(), "{bad} accepted");
         }
     }
 
@@ -390,5 +290,26 @@ mod tests {
         assert!(parse_header_name("X-Shadow").is_ok());
         assert!(parse_header_name("X Shadow").is_err());
         assert!(parse_header_name("").is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn scalars_never_panic(s in "\\PC{0,24}") {
+            let _ = (parse_size(&s), parse_time(&s), parse_count(&s, 1000), parse_flag(&s));
+            let _ = parse_header_name(&s);
+        }
+
+        #[test]
+        fn sizes_round_trip(n in 0u64..(1 << 20), unit in 0usize..4) {
+            let (suffix, mult) = [("", 1u64), ("k", 1 << 10), ("m", 1 << 20), ("g", 1 << 30)][unit];
+            proptest::prop_assert_eq!(parse_size(&format!("{n}{suffix}")), Ok(n * mult));
+        }
+
+        #[test]
+        fn times_round_trip(h in 0u64..100, m in 0u64..60, s in 0u64..60, ms in 0u64..1000) {
+            let text = format!("{h}h{m}m{s}s{ms}ms");
+            let want = Duration::from_millis(((h * 60 + m) * 60 + s) * 1000 + ms);
+            proptest::prop_assert_eq!(parse_time(&text), Ok(want));
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! Per-worker backlog admission: a job count and a byte budget, both atomics.
 //!
-//! The nginx thread asks [`Backlog::has_room`] before it captures anything,
-//! so a drop under overload costs two atomic loads and no allocation.
+//! The nginx thread takes a job slot before it captures anything, so a drop
+//! under overload costs two atomic operations and no allocation.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,12 +24,6 @@ pub struct Reservation {
 impl Backlog {
     pub fn new(max_jobs: usize, max_bytes: usize) -> Arc<Backlog> {
         Arc::new(Backlog { jobs: AtomicUsize::new(0), bytes: AtomicUsize::new(0), max_jobs, max_bytes })
-    }
-
-    /// Cheap pre-check; a `true` may still lose the race in [`Backlog::reserve`].
-    pub fn has_room(&self) -> bool {
-        self.jobs.load(Ordering::Relaxed) < self.max_jobs
-            && self.bytes.load(Ordering::Relaxed) < self.max_bytes
     }
 
     /// Takes one job slot and `bytes` of the budget, or nothing.
@@ -70,6 +64,17 @@ impl Backlog {
     }
 }
 
+impl Reservation {
+    /// Charges `bytes` more to this place; `false` (nothing taken) when over budget.
+    pub fn grow(&mut self, bytes: usize) -> bool {
+        if !self.backlog.take_bytes(bytes) {
+            return false;
+        }
+        self.bytes += bytes;
+        true
+    }
+}
+
 impl Drop for Reservation {
     fn drop(&mut self) {
         self.backlog.bytes.fetch_sub(self.bytes, Ordering::AcqRel);
@@ -86,7 +91,6 @@ mod tests {
         let b = Backlog::new(2, 100);
         let r1 = b.reserve(40).unwrap();
         let r2 = b.reserve(40).unwrap();
-        assert!(!b.has_room());
         assert!(b.reserve(1).is_none(), "job limit");
         drop(r1);
         assert!(b.reserve(70).is_none(), "byte limit");
@@ -94,6 +98,9 @@ mod tests {
         let r3 = b.reserve(60).unwrap();
         drop((r2, r3));
         assert_eq!((b.jobs(), b.bytes()), (0, 0));
-        assert!(b.has_room());
+        let mut r4 = b.reserve(0).unwrap();
+        assert!(r4.grow(100) && !r4.grow(1));
+        drop(r4);
+        assert_eq!((b.jobs(), b.bytes()), (0, 0));
     }
 }

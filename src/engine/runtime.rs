@@ -10,13 +10,13 @@ use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use super::body::{self, BodyRx, BodyTx};
-use super::breaker::Admission;
-use super::client::{ClientSettings, CopyOptions, Target};
-use super::job::RequestHead;
+use super::copy::{self, Admission, Copy, CopyOptions};
+use super::ids::{Table, TargetId};
 use super::logq::LogQueue;
 use super::outcome::{DropReason, Outcome, TargetStats, Ticket};
-use super::parse::{Dest, TargetSpec};
-use super::queue::{Backlog, Reservation};
+use super::parse::TargetSpec;
+use super::queue::Backlog;
+use super::target::{ClientSettings, Target};
 
 /// Worker-wide settings from the http-level directives.
 #[derive(Debug, Clone, Copy)]
@@ -27,20 +27,16 @@ pub struct EngineSettings {
     pub client: ClientSettings,
 }
 
-struct Job {
-    head: Arc<RequestHead>,
-    dest: Option<Dest>,
-    body: Option<BodyRx>,
-    opts: CopyOptions,
-    probe: bool,
-    ticket: Ticket,
-    reservation: Reservation,
+/// A target and the channel to its dispatcher.
+struct Lane {
+    target: Arc<Target>,
+    /// `None` once the engine is shutting down.
+    tx: Option<UnboundedSender<Copy>>,
 }
 
 pub struct Engine {
     runtime: Option<Runtime>,
-    targets: Vec<Arc<Target>>,
-    senders: Vec<UnboundedSender<Job>>,
+    lanes: Table<TargetId, Lane>,
     backlog: Arc<Backlog>,
     log: Arc<LogQueue>,
     clock: Clock,
@@ -56,6 +52,13 @@ impl Clock {
     }
 }
 
+/// Live gauges of one target in one worker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Gauges {
+    pub inflight: i64,
+    pub breaker_open: i64,
+}
+
 impl Engine {
     /// Starts the runtime; `on_thread_start` runs first on every runtime thread
     /// (the nginx layer blocks signals there).
@@ -64,7 +67,7 @@ impl Engine {
     /// When the runtime's threads cannot be created.
     pub fn start(
         settings: EngineSettings,
-        specs: Vec<TargetSpec>,
+        specs: &Table<TargetId, TargetSpec>,
         on_thread_start: impl Fn() + Send + Sync + 'static,
     ) -> io::Result<Engine> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -77,97 +80,62 @@ impl Engine {
             .build()?;
         let log = Arc::new(LogQueue::new(specs.len()));
         let clock = Clock(Instant::now());
-        let mut targets = Vec::new();
-        let mut senders = Vec::new();
-        for (index, spec) in specs.into_iter().enumerate() {
-            let target = Arc::new(Target::new(index, spec, settings.client, log.clone()));
+        let mut lanes = Table::default();
+        for (id, spec) in specs.iter() {
+            let target = Arc::new(Target::new(id, spec.clone(), settings.client, log.clone()));
             let (tx, rx) = unbounded_channel();
             runtime.spawn(dispatch(target.clone(), rx, clock));
-            targets.push(target);
-            senders.push(tx);
+            let lane_id = lanes.push(Lane { target, tx: Some(tx) });
+            debug_assert_eq!(lane_id, id);
         }
         let backlog = Backlog::new(settings.queue_size, settings.queue_bytes);
-        Ok(Engine { runtime: Some(runtime), targets, senders, backlog, log, clock })
+        Ok(Engine { runtime: Some(runtime), lanes, backlog, log, clock })
     }
 
-    pub fn targets(&self) -> impl Iterator<Item = (&TargetSpec, &TargetStats)> {
-        self.targets.iter().map(|t| (&t.spec, &*t.stats))
+    pub fn targets(&self) -> impl Iterator<Item = (TargetId, &TargetSpec, &TargetStats)> {
+        self.lanes.iter().map(|(id, l)| (id, &l.target.spec, &*l.target.stats))
     }
 
-    /// Live per-target gauges: copies in flight, and 1 if the breaker is open.
-    pub fn gauges(&self) -> impl Iterator<Item = (i64, i64)> + '_ {
-        self.targets.iter().map(|t| (t.stats.inflight.load(Ordering::Relaxed), t.breaker.is_open() as i64))
+    pub fn gauges(&self, id: TargetId) -> Gauges {
+        self.lanes.get(id).map_or_else(Gauges::default, |l| Gauges {
+            inflight: l.target.stats.inflight.load(Ordering::Relaxed),
+            breaker_open: i64::from(l.target.breaker.is_open()),
+        })
     }
 
     pub fn log(&self) -> &LogQueue {
         &self.log
     }
 
-    pub fn target_is_https(&self, index: usize) -> bool {
-        self.targets.get(index).is_some_and(|t| t.spec.https)
+    pub fn spec(&self, id: TargetId) -> Option<&TargetSpec> {
+        self.lanes.get(id).map(|l| &l.target.spec)
     }
 
-    pub fn target_url(&self, index: usize) -> &str {
-        self.targets.get(index).map_or("", |t| t.spec.url.as_str())
-    }
-
-    /// Opens the accounting for one copy to target `index`.
-    pub fn ticket(&self, index: usize) -> Option<Ticket> {
-        self.targets.get(index).map(|t| Ticket::new(t.stats.clone()))
-    }
-
-    /// Whether a new job could be queued; checked before capturing the request.
-    pub fn has_room(&self) -> bool {
-        self.backlog.has_room()
-    }
-
-    /// Cheap checks made before the request is captured: breaker, then backlog room.
-    /// `Err` is the drop the copy ends in; `Ok(true)` marks the breaker's probe.
-    pub fn admit(&self, index: usize, opts: &CopyOptions) -> Result<bool, DropReason> {
-        let Some(target) = self.targets.get(index) else { return Err(DropReason::Shutdown) };
-        let probe = match target.breaker.admit(self.clock.now_ms(), opts.breaker) {
-            Admission::Pass => false,
-            Admission::Probe => true,
-            Admission::Reject => return Err(DropReason::BreakerOpen),
-        };
-        if !self.backlog.has_room() {
-            if probe {
-                // Give the probe back so the next copy can take it.
-                target.breaker.release_probe();
-            }
-            return Err(DropReason::QueueFull);
-        }
-        Ok(probe)
-    }
-
-    /// Queues one copy without waiting; a full backlog ends it as `dropped{queue_full}`.
+    /// The one admission path for a copy to target `id`; see [`copy::admit`].
     ///
     /// # Errors
-    /// The drop reason the copy was counted with.
-    pub fn submit(
+    /// The outcome of a copy that does not go, already counted.
+    pub fn admit(
         &self,
-        index: usize,
-        head: &Arc<RequestHead>,
-        dest: Option<Dest>,
-        body: Option<BodyRx>,
+        id: TargetId,
+        early: Result<(), Outcome>,
         opts: CopyOptions,
-        probe: bool,
-        ticket: Ticket,
-    ) -> Result<(), DropReason> {
-        let (Some(target), Some(tx)) = (self.targets.get(index), self.senders.get(index)) else {
-            ticket.finish(Outcome::Dropped(DropReason::Shutdown));
-            return Err(DropReason::Shutdown);
-        };
-        let Some(reservation) = self.backlog.reserve(head.weight()) else {
-            if probe {
-                target.breaker.release_probe();
-            }
-            ticket.finish(Outcome::Dropped(DropReason::QueueFull));
-            return Err(DropReason::QueueFull);
-        };
-        // A closed channel returns the job, whose ticket then counts `dropped{shutdown}`.
-        tx.send(Job { head: head.clone(), dest, body, opts, probe, ticket, reservation })
-            .map_err(|_| DropReason::Shutdown)
+    ) -> Result<Admission, Outcome> {
+        let Some(lane) = self.lanes.get(id) else { return Err(Outcome::Dropped(DropReason::Shutdown)) };
+        let ticket = Ticket::new(lane.target.stats.clone());
+        copy::admit(id, ticket, &lane.target.breaker, &self.backlog, early, opts, self.clock.now_ms())
+    }
+
+    /// Queues an admitted copy without waiting.
+    ///
+    /// # Errors
+    /// `dropped{shutdown}` when the runtime is stopping (the copy was counted so).
+    pub fn submit(&self, copy: Copy) -> Result<(), Outcome> {
+        // A copy that cannot be queued is dropped here, which counts it `dropped{shutdown}`.
+        match self.lanes.get(copy.target).and_then(|l| l.tx.as_ref()) {
+            Some(tx) => tx.send(copy).map_err(|_| Outcome::Dropped(DropReason::Shutdown)),
+            None => Err(Outcome::Dropped(DropReason::Shutdown)),
+        }
     }
 
     /// A body stream for one copy, charged to this worker's byte budget.
@@ -187,7 +155,8 @@ impl Engine {
     pub fn drain(&self, limit: Duration) {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
-            let inflight: i64 = self.targets.iter().map(|t| t.stats.inflight.load(Ordering::Relaxed)).sum();
+            let inflight: i64 =
+                self.lanes.values().map(|l| l.target.stats.inflight.load(Ordering::Relaxed)).sum();
             if self.backlog.jobs() == 0 && inflight <= 0 {
                 return;
             }
@@ -197,7 +166,10 @@ impl Engine {
 
     /// Stops the runtime; whatever is still queued or in flight counts `dropped{shutdown}`.
     pub fn shutdown(&mut self, limit: Duration) {
-        self.senders.clear();
+        // Closing the channels lets each dispatcher end once its queue is empty.
+        for lane in self.lanes.values_mut() {
+            lane.tx = None;
+        }
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_timeout(limit);
         }
@@ -217,14 +189,14 @@ impl Drop for Engine {
 const BATCH: Duration = Duration::from_millis(1);
 const IDLE: Duration = Duration::from_millis(100);
 
-async fn dispatch(target: Arc<Target>, mut rx: UnboundedReceiver<Job>, clock: Clock) {
+async fn dispatch(target: Arc<Target>, mut rx: UnboundedReceiver<Copy>, clock: Clock) {
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
     let mut busy_until: Option<Instant> = None;
     loop {
-        let job = match busy_until {
+        let copy = match busy_until {
             // Polling: try_recv registers no waker, so senders do not wake this task.
             Some(until) => match rx.try_recv() {
-                Ok(job) => Some(job),
+                Ok(copy) => Some(copy),
                 Err(TryRecvError::Disconnected) => None,
                 Err(TryRecvError::Empty) => {
                     if Instant::now() >= until {
@@ -239,28 +211,23 @@ async fn dispatch(target: Arc<Target>, mut rx: UnboundedReceiver<Job>, clock: Cl
                 }
             },
             None => tokio::select! {
-                job = rx.recv() => job,
+                copy = rx.recv() => copy,
                 _ = sweep.tick() => { target.sweep(); continue; }
             },
         };
         busy_until = Some(Instant::now() + IDLE);
-        let Some(Job { head, dest, body, opts, probe, ticket, reservation }) = job else { break };
-        // Waiting here keeps the job in the backlog: the connection cap is the in-flight cap.
-        let Ok(permit) = target.permits.clone().acquire_owned().await else { break };
-        drop(reservation);
-        // The breaker may have opened while this copy waited.
-        if !probe && opts.breaker.max_fails > 0 && target.breaker.still_open(clock.now_ms()) {
-            ticket.finish(Outcome::Dropped(DropReason::BreakerOpen));
-            continue;
-        }
+        let Some(copy) = copy else { break };
+        // Waiting here keeps the copy in the backlog.
+        let Ok(permit) = target.inflight.clone().acquire_owned().await else { break };
+        let Some(mut copy) = copy.depart(clock.now_ms()) else { continue };
         target.stats.inflight.fetch_add(1, Ordering::Relaxed);
         let t = target.clone();
         tokio::spawn(async move {
             let started = Instant::now();
-            let outcome = t.deliver(&head, dest.as_ref(), body, opts, move || clock.now_ms()).await;
+            let outcome = t.deliver(&mut copy, move || clock.now_ms()).await;
             t.stats.observe(started.elapsed());
             t.stats.inflight.fetch_sub(1, Ordering::Relaxed);
-            ticket.finish(outcome);
+            copy.finish(outcome);
             drop(permit);
         });
     }

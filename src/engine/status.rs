@@ -47,106 +47,119 @@ fn json_str(v: &str) -> String {
 
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// One sample of a family: name suffix (`_bucket`…), extra labels (`,le="0.005"`), value.
+type Sample = (&'static str, String, String);
+
+/// Where a family's samples come from.
+enum Series {
+    /// One or more samples per target, labelled with the target.
+    PerTarget(fn(&TargetSnapshot, &mut Vec<Sample>)),
+    /// One unlabelled sample for the worker(s).
+    Global(fn(&Snapshot) -> i64),
+}
+
+struct Family {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    series: Series,
+}
+
+fn one(v: impl std::fmt::Display) -> Sample {
+    ("", String::new(), v.to_string())
+}
+
+/// Every family on the page, in order. Names are prefixed with `nginx_async_mirror_`.
+const FAMILIES: &[Family] = &[
+    Family {
+        name: "copies_total",
+        kind: "counter",
+        help: "Copies that ended, by target, outcome and reason.",
+        series: Series::PerTarget(|t, out| {
+            for i in 0..Outcome::COUNT {
+                let oc = Outcome::from_slot(i);
+                let reason = match oc.reason() {
+                    "" => String::new(),
+                    r => format!(",reason=\"{r}\""),
+                };
+                out.push(("", format!(",outcome=\"{}\"{reason}", oc.label()), t.counters[i].to_string()));
+            }
+        }),
+    },
+    Family {
+        name: "copies_attempted_total",
+        kind: "counter",
+        help: "Copies attempted, by target.",
+        series: Series::PerTarget(|t, out| out.push(one(t.counters[slot::ATTEMPTED]))),
+    },
+    Family {
+        name: "connections_opened_total",
+        kind: "counter",
+        help: "Connections opened to a target.",
+        series: Series::PerTarget(|t, out| out.push(one(t.counters[slot::CONNECTIONS]))),
+    },
+    Family {
+        name: "inflight",
+        kind: "gauge",
+        help: "Copies being sent now.",
+        series: Series::PerTarget(|t, out| out.push(one(t.inflight.max(0)))),
+    },
+    Family {
+        name: "breaker_open",
+        kind: "gauge",
+        help: "Workers whose circuit breaker for a target is open.",
+        series: Series::PerTarget(|t, out| out.push(one(t.breaker_open.max(0)))),
+    },
+    Family {
+        name: "queue_jobs",
+        kind: "gauge",
+        help: "Copies waiting for a connection.",
+        series: Series::Global(|s| s.queue_jobs.max(0)),
+    },
+    Family {
+        name: "queue_bytes",
+        kind: "gauge",
+        help: "Bytes held by copies waiting for a connection.",
+        series: Series::Global(|s| s.queue_bytes.max(0)),
+    },
+    Family {
+        name: "duration_seconds",
+        kind: "histogram",
+        help: "Time to send a copy and read the response.",
+        series: Series::PerTarget(|t, out| {
+            for (i, b) in BUCKETS_MS.iter().enumerate() {
+                let le = *b as f64 / 1000.0;
+                out.push(("_bucket", format!(",le=\"{le}\""), t.counters[slot::BUCKETS + i].to_string()));
+            }
+            let count = t.counters[slot::DURATION_COUNT];
+            out.push(("_bucket", ",le=\"+Inf\"".into(), count.to_string()));
+            out.push(("_sum", String::new(), (t.counters[slot::DURATION_SUM_US] as f64 / 1e6).to_string()));
+            out.push(("_count", String::new(), count.to_string()));
+        }),
+    },
+];
+
 pub fn prometheus(s: &Snapshot) -> String {
     let mut o = String::new();
-    let family = |o: &mut String, name: &str, kind: &str, help: &str| {
-        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    };
-    family(
-        &mut o,
-        "nginx_async_mirror_copies_total",
-        "counter",
-        "Copies that ended, by target, outcome and reason.",
-    );
-    for t in &s.targets {
-        let url = label(&t.url);
-        for i in 0..Outcome::COUNT {
-            let oc = Outcome::from_slot(i);
-            let reason = match oc.reason() {
-                "" => String::new(),
-                r => format!(",reason=\"{r}\""),
-            };
-            let _ = writeln!(
-                o,
-                "nginx_async_mirror_copies_total{{target=\"{url}\",outcome=\"{}\"{reason}}} {}",
-                oc.label(),
-                t.counters[i]
-            );
+    let mut samples = Vec::new();
+    for f in FAMILIES {
+        let name = format!("nginx_async_mirror_{}", f.name);
+        let _ = writeln!(o, "# HELP {name} {}\n# TYPE {name} {}", f.help, f.kind);
+        match f.series {
+            Series::Global(value) => {
+                let _ = writeln!(o, "{name} {}", value(s));
+            }
+            Series::PerTarget(fill) => {
+                for t in &s.targets {
+                    let url = label(&t.url);
+                    samples.clear();
+                    fill(t, &mut samples);
+                    for (suffix, labels, value) in &samples {
+                        let _ = writeln!(o, "{name}{suffix}{{target=\"{url}\"{labels}}} {value}");
+                    }
+                }
+            }
         }
-    }
-    family(&mut o, "nginx_async_mirror_copies_attempted_total", "counter", "Copies attempted, by target.");
-    for t in &s.targets {
-        let _ = writeln!(
-            o,
-            "nginx_async_mirror_copies_attempted_total{{target=\"{}\"}} {}",
-            label(&t.url),
-            t.counters[slot::ATTEMPTED]
-        );
-    }
-    family(
-        &mut o,
-        "nginx_async_mirror_connections_opened_total",
-        "counter",
-        "Connections opened to a target.",
-    );
-    for t in &s.targets {
-        let _ = writeln!(
-            o,
-            "nginx_async_mirror_connections_opened_total{{target=\"{}\"}} {}",
-            label(&t.url),
-            t.counters[slot::CONNECTIONS]
-        );
-    }
-    family(&mut o, "nginx_async_mirror_inflight", "gauge", "Copies being sent now.");
-    for t in &s.targets {
-        let _ =
-            writeln!(o, "nginx_async_mirror_inflight{{target=\"{}\"}} {}", label(&t.url), t.inflight.max(0));
-    }
-    family(
-        &mut o,
-        "nginx_async_mirror_breaker_open",
-        "gauge",
-        "Workers whose circuit breaker for a target is open.",
-    );
-    for t in &s.targets {
-        let _ = writeln!(
-            o,
-            "nginx_async_mirror_breaker_open{{target=\"{}\"}} {}",
-            label(&t.url),
-            t.breaker_open.max(0)
-        );
-    }
-    family(&mut o, "nginx_async_mirror_queue_jobs", "gauge", "Copies waiting for a connection.");
-    let _ = writeln!(o, "nginx_async_mirror_queue_jobs {}", s.queue_jobs.max(0));
-    family(
-        &mut o,
-        "nginx_async_mirror_queue_bytes",
-        "gauge",
-        "Bytes held by copies waiting for a connection.",
-    );
-    let _ = writeln!(o, "nginx_async_mirror_queue_bytes {}", s.queue_bytes.max(0));
-    family(
-        &mut o,
-        "nginx_async_mirror_duration_seconds",
-        "histogram",
-        "Time to send a copy and read the response.",
-    );
-    for t in &s.targets {
-        let url = label(&t.url);
-        for (i, b) in BUCKETS_MS.iter().enumerate() {
-            let le = *b as f64 / 1000.0;
-            let _ = writeln!(
-                o,
-                "nginx_async_mirror_duration_seconds_bucket{{target=\"{url}\",le=\"{le}\"}} {}",
-                t.counters[slot::BUCKETS + i]
-            );
-        }
-        let count = t.counters[slot::DURATION_COUNT];
-        let _ =
-            writeln!(o, "nginx_async_mirror_duration_seconds_bucket{{target=\"{url}\",le=\"+Inf\"}} {count}");
-        let sum = t.counters[slot::DURATION_SUM_US] as f64 / 1e6;
-        let _ = writeln!(o, "nginx_async_mirror_duration_seconds_sum{{target=\"{url}\"}} {sum}");
-        let _ = writeln!(o, "nginx_async_mirror_duration_seconds_count{{target=\"{url}\"}} {count}");
     }
     o
 }

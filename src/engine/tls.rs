@@ -38,11 +38,14 @@ pub fn load_pem(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     }
 }
 
-/// The client configuration for one set of settings.
+/// ALPN offer of an HTTP/1.1 client.
+pub const ALPN_HTTP1: &[&[u8]] = &[b"http/1.1"];
+
+/// The client configuration for one set of settings, offering `alpn` in the handshake.
 ///
 /// # Errors
 /// Certificates that cannot be loaded, or no trusted root at all while verifying.
-pub fn client_config(s: &TlsSettings) -> Result<Arc<ClientConfig>, String> {
+pub fn client_config(s: &TlsSettings, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, String> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup failed: {e}"))?;
@@ -66,7 +69,7 @@ pub fn client_config(s: &TlsSettings) -> Result<Arc<ClientConfig>, String> {
             .with_custom_certificate_verifier(Arc::new(NoVerify(provider())))
             .with_no_client_auth()
     };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
 
@@ -115,9 +118,9 @@ mod tests {
 
     #[test]
     fn configs() {
-        let off = client_config(&TlsSettings { verify: false, trusted: None }).unwrap();
+        let off = client_config(&TlsSettings { verify: false, trusted: None }, ALPN_HTTP1).unwrap();
         assert_eq!(off.alpn_protocols, vec![b"http/1.1".to_vec()]);
         let missing = TlsSettings { verify: true, trusted: Some("/nonexistent/ca.pem".into()) };
-        assert!(client_config(&missing).unwrap_err().contains("/nonexistent/ca.pem"));
+        assert!(client_config(&missing, ALPN_HTTP1).unwrap_err().contains("/nonexistent/ca.pem"));
     }
 }

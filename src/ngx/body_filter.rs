@@ -9,7 +9,8 @@
 use bytes::Bytes;
 use ngx::ffi::{NGX_ERROR, ngx_chain_t, ngx_http_request_body_filter_pt, ngx_http_request_t, ngx_int_t};
 
-use super::handler::RequestCtx;
+use super::ctx::RequestCtx;
+use super::log;
 use crate::engine::body::BodyAbort;
 
 /// The filter that was at the top before ours; set once in postconfiguration.
@@ -21,9 +22,7 @@ pub unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, chain: *mut ngx
         unsafe { tee(&*(*r).main, chain) }
     });
     if tee.is_err() {
-        super::process::log_alert(
-            "async_mirror: panic in request body filter, copies of this body abandoned",
-        );
+        log::alert("async_mirror: panic in request body filter, copies of this body abandoned");
     }
     // SAFETY: NEXT was the chain's top filter when we were installed.
     match unsafe { NEXT } {
@@ -33,9 +32,11 @@ pub unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, chain: *mut ngx
 }
 
 /// # Safety
-/// `chain` is the (possibly empty) chain nginx passes to request body filters.
+/// `chain` is the (possibly empty) chain nginx passes to request body filters, on the
+/// nginx thread, while nothing else holds the request's context.
 unsafe fn tee(main: &ngx_http_request_t, mut chain: *mut ngx_chain_t) {
-    let Some(ctx) = RequestCtx::find_mut(main) else { return };
+    // SAFETY: per the contract.
+    let Some(ctx) = (unsafe { RequestCtx::find_mut(main) }) else { return };
     if ctx.bodies.is_empty() {
         return;
     }

@@ -2,18 +2,27 @@
 //! conf per level. Fields are `Option` while unset; defaults live in [`defaults`]
 //! and are applied only by merge/init, exactly like core nginx directives.
 
+use std::path::PathBuf;
+use std::ptr::NonNull;
+use std::sync::Arc;
 use std::time::Duration;
 
-use std::ptr::NonNull;
-
 use ngx::ffi::{ngx_http_complex_value_t, ngx_shm_zone_t};
-use ngx::http::{Merge, MergeConfigError};
+use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, Merge, MergeConfigError};
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use crate::engine::ids::Table;
+use crate::engine::tls::{self, TlsSettings};
+use crate::engine::url::PathKind;
+use crate::engine::{
+    BreakerSettings, ClientSettings, CopyOptions, EngineSettings, RateId, SpecId, TargetId, TargetSpec,
+};
 
-use crate::engine::tls::TlsSettings;
-use crate::engine::{BreakerSettings, ClientSettings, CopyOptions, EngineSettings, TargetSpec};
+/// The module as the glue needs to know it: whose configuration structs are these.
+/// Handlers and setters are generic over it, so only the registration names the module.
+pub trait Registered:
+    HttpModuleMainConf<MainConf = MainConf> + HttpModuleLocationConf<LocationConf = LocConf> + 'static
+{
+}
 
 pub mod defaults {
     use std::time::Duration;
@@ -37,11 +46,11 @@ pub mod defaults {
 #[derive(Debug, Default)]
 pub struct MainConf {
     /// Every distinct URL written in an `async_mirror` line.
-    pub specs: Vec<TargetSpec>,
+    pub specs: Table<SpecId, TargetSpec>,
     /// Targets as the engine runs them: a URL plus, for https, the TLS settings of the
     /// locations using it. Each has one pool and one set of counters per worker.
-    pub targets: Vec<TargetSpec>,
-    target_keys: Vec<(String, Option<TlsSettings>)>,
+    pub targets: Table<TargetId, TargetSpec>,
+    target_keys: Table<TargetId, (String, Option<TlsSettings>)>,
     tls_configs: Vec<(TlsSettings, Arc<rustls::ClientConfig>)>,
     pub max_connections: Option<usize>,
     pub keepalive_timeout: Option<Duration>,
@@ -53,18 +62,15 @@ pub struct MainConf {
     pub zone: Option<NonNull<ngx_shm_zone_t>>,
     /// One token bucket per `rate=` parameter (copies per second), shared by every
     /// location that inherits that `async_mirror` line.
-    pub rates: Vec<u32>,
+    pub rates: Table<RateId, u32>,
 }
 
 impl MainConf {
-    /// Index of `spec` among the written URLs, adding it if new.
-    pub fn add_spec(&mut self, spec: TargetSpec) -> usize {
-        match self.specs.iter().position(|t| t.url == spec.url) {
-            Some(i) => i,
-            None => {
-                self.specs.push(spec);
-                self.specs.len() - 1
-            }
+    /// The id of `spec` among the written URLs, adding it if new.
+    pub fn add_spec(&mut self, spec: TargetSpec) -> SpecId {
+        match self.specs.position(|t| t.url == spec.url) {
+            Some(id) => id,
+            None => self.specs.push(spec),
         }
     }
 
@@ -72,27 +78,27 @@ impl MainConf {
     ///
     /// # Errors
     /// TLS settings whose certificates cannot be loaded.
-    pub fn resolve(&mut self, spec: usize, tls: &TlsSettings) -> Result<usize, String> {
+    pub fn resolve(&mut self, spec: SpecId, tls: &TlsSettings) -> Result<TargetId, String> {
         let base = &self.specs[spec];
         let key = (base.url.clone(), base.https.then(|| tls.clone()));
-        if let Some(i) = self.target_keys.iter().position(|k| *k == key) {
-            return Ok(i);
+        if let Some(id) = self.target_keys.position(|k| *k == key) {
+            return Ok(id);
         }
         let mut target = base.clone();
         if target.https {
             let config = match self.tls_configs.iter().find(|(s, _)| s == tls) {
                 Some((_, c)) => c.clone(),
                 None => {
-                    let c = crate::engine::tls::client_config(tls)?;
+                    let c = tls::client_config(tls, tls::ALPN_HTTP1)?;
                     self.tls_configs.push((tls.clone(), c.clone()));
                     c
                 }
             };
             target.tls = Some(config);
         }
-        self.targets.push(target);
+        let id = self.targets.push(target);
         self.target_keys.push(key);
-        Ok(self.targets.len() - 1)
+        Ok(id)
     }
 
     pub fn engine_settings(&self) -> EngineSettings {
@@ -122,24 +128,19 @@ pub struct SetHeader {
 /// One `async_mirror URL [sample=] [key=] [rate=]` line.
 #[derive(Debug, Clone, Copy)]
 pub struct MirrorRef {
-    /// Index into `MainConf::specs`.
-    pub spec: usize,
-    /// Index into `MainConf::targets`, set when the location's configuration is merged
-    /// (its TLS settings are final only then); `UNRESOLVED` before.
-    pub target: usize,
+    pub spec: SpecId,
+    /// Set when the location's configuration is merged (its TLS settings are final only then).
+    pub target: Option<TargetId>,
     /// Fraction of requests copied, in parts per million.
     pub sample_ppm: u32,
     /// `key=`: consistent sampling on this value instead of random.
     pub key: Option<NonNull<ngx_http_complex_value_t>>,
-    /// Index into `MainConf::rates`.
-    pub rate: Option<usize>,
+    pub rate: Option<RateId>,
     /// A URL with variables, evaluated for each request.
     pub url: Option<NonNull<ngx_http_complex_value_t>>,
-    /// The URL's path has variables: it replaces `$request_uri` instead of prefixing it.
-    pub verbatim: bool,
+    /// With variables in the URL's path, the path replaces `$request_uri` (`Target`).
+    pub path: PathKind,
 }
-
-pub const UNRESOLVED: usize = usize::MAX;
 
 #[derive(Debug, Default)]
 pub struct LocConf {
@@ -171,7 +172,7 @@ impl LocConf {
     pub fn resolve_targets(&mut self, mc: &mut MainConf) -> Result<(), String> {
         let tls = self.tls_settings();
         for m in self.mirrors.iter_mut().flatten() {
-            m.target = mc.resolve(m.spec, &tls)?;
+            m.target = Some(mc.resolve(m.spec, &tls)?);
         }
         Ok(())
     }

@@ -1,27 +1,25 @@
-//! The directive table and its setters.
+//! The directive setters; the command table that names them is in `module.rs`.
 //!
 //! Each setter is a plain function over already-converted arguments; the
 //! `directive!` wrapper does the FFI: argument conversion, panic catching and
-//! turning an error into `[emerg] async_mirror: ... in FILE:LINE`.
+//! turning an error into `[emerg] async_mirror: ... in FILE:LINE`. Setters are
+//! generic over the module ([`Registered`]) so that they need not name it.
 
 use std::ffi::{c_char, c_void};
-use std::ptr;
 use std::time::Duration;
 
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
-use ngx::ffi::ngx_shared_memory_add;
 use ngx::ffi::{
-    NGX_CONF_1MORE, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF,
-    NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF,
     NGX_LOG_EMERG, NGX_OK, ngx_command_t, ngx_conf_t, ngx_http_compile_complex_value,
-    ngx_http_compile_complex_value_t, ngx_http_complex_value_t, ngx_pcalloc, ngx_str_t, ngx_uint_t,
+    ngx_http_compile_complex_value_t, ngx_http_complex_value_t, ngx_pcalloc, ngx_shared_memory_add,
+    ngx_str_t,
 };
-use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
-use ngx::{ngx_conf_log_error, ngx_string};
+use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
+use ngx::ngx_conf_log_error;
 
-use super::conf::{LocConf, MainConf, MirrorRef, SetHeader, UNRESOLVED};
-use super::module::{Module, ngx_http_async_mirror_module};
+use super::conf::{LocConf, MainConf, MirrorRef, Registered, SetHeader};
 use super::{status, zone};
+use crate::engine::url::PathKind;
 use crate::engine::{parse, sample};
 
 enum ConfError {
@@ -70,7 +68,11 @@ fn run<C>(cf: *mut ngx_conf_t, conf: *mut c_void, setter: Setter<C>) -> *mut c_c
 
 macro_rules! directive {
     ($name:ident, $conf:ty, $setter:expr) => {
-        extern "C" fn $name(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+        pub extern "C" fn $name<M: Registered>(
+            cf: *mut ngx_conf_t,
+            _cmd: *mut ngx_command_t,
+            conf: *mut c_void,
+        ) -> *mut c_char {
             run::<$conf>(cf, conf, $setter)
         }
     };
@@ -124,12 +126,12 @@ directive!(cmd_async_mirror, LocConf, |cf, lc, args| {
         return Err(ConfError::Duplicate);
     }
     let dynamic = args[0].contains('$');
-    let (spec, url) = if dynamic {
-        (parse::parse_template(args[0])?, std::ptr::NonNull::new(complex_value(cf, args[0])?))
+    let (spec, url, path) = if dynamic {
+        let cv = std::ptr::NonNull::new(complex_value(cf, args[0])?);
+        (parse::parse_template(args[0])?, cv, parse::template_path_kind(args[0]))
     } else {
-        (parse::parse_url(args[0])?, None)
+        (parse::parse_target(args[0])?, None, PathKind::Prefix)
     };
-    let verbatim = dynamic && parse::template_path_is_variable(args[0]);
     let (mut sample, mut key, mut rate) = (None, None, None);
     for param in &args[1..] {
         let (name, value) = param.split_once('=').unwrap_or((param, ""));
@@ -149,20 +151,17 @@ directive!(cmd_async_mirror, LocConf, |cf, lc, args| {
     if key.is_some() && sample.is_none() {
         return Err(ConfError::Msg("key= needs sample=".into()));
     }
-    let Some(mc) = Module::main_conf_mut(&*cf) else {
+    let Some(mc) = M::main_conf_mut(&*cf) else {
         return Err(ConfError::Msg("no http main configuration".into()));
     };
     let spec = mc.add_spec(spec);
-    let rate = rate.map(|r| {
-        mc.rates.push(r);
-        mc.rates.len() - 1
-    });
+    let rate = rate.map(|r| mc.rates.push(r));
     let list = lc.mirrors.get_or_insert_with(Vec::new);
     if list.iter().any(|m| m.spec == spec) {
         return Err(format!("duplicate target \"{}\"", args[0]).into());
     }
     let sample_ppm = sample.unwrap_or(sample::PPM);
-    list.push(MirrorRef { spec, target: UNRESOLVED, sample_ppm, key, rate, url, verbatim });
+    list.push(MirrorRef { spec, target: None, sample_ppm, key, rate, url, path });
     Ok(())
 });
 
@@ -212,7 +211,7 @@ directive!(cmd_zone, MainConf, |cf, mc, args| {
             cf,
             &mut ngx_name,
             size as usize,
-            (&raw mut ngx_http_async_mirror_module).cast(),
+            std::ptr::from_ref(M::module()).cast_mut().cast(),
         )
     };
     // SAFETY: a non-null zone returned by nginx.
@@ -299,75 +298,3 @@ directive!(cmd_drain_timeout, MainConf, |_cf, mc, args| {
     // 0 is allowed: drop whatever is queued at once on reload/quit.
     set_once(&mut mc.drain_timeout, parse::parse_time(args[0])?)
 });
-
-const HSL: u32 = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF;
-
-const fn command(
-    name: ngx_str_t,
-    type_: u32,
-    set: extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char,
-    main: bool,
-) -> ngx_command_t {
-    ngx_command_t {
-        name,
-        type_: type_ as ngx_uint_t,
-        set: Some(set),
-        conf: if main { NGX_HTTP_MAIN_CONF_OFFSET } else { NGX_HTTP_LOC_CONF_OFFSET },
-        offset: 0,
-        post: ptr::null_mut(),
-    }
-}
-
-pub static mut COMMANDS: [ngx_command_t; 21] = [
-    command(ngx_string!("async_mirror"), HSL | NGX_CONF_1MORE, cmd_async_mirror, false),
-    command(ngx_string!("async_mirror_set_header"), HSL | NGX_CONF_TAKE2, cmd_set_header, false),
-    command(ngx_string!("async_mirror_if"), HSL | NGX_CONF_1MORE, cmd_if, false),
-    command(ngx_string!("async_mirror_mark_header"), HSL | NGX_CONF_TAKE1, cmd_mark_header, false),
-    command(ngx_string!("async_mirror_connect_timeout"), HSL | NGX_CONF_TAKE1, cmd_connect_timeout, false),
-    command(ngx_string!("async_mirror_timeout"), HSL | NGX_CONF_TAKE1, cmd_timeout, false),
-    command(ngx_string!("async_mirror_body"), HSL | NGX_CONF_TAKE1, cmd_body, false),
-    command(ngx_string!("async_mirror_ssl_verify"), HSL | NGX_CONF_TAKE1, cmd_ssl_verify, false),
-    command(
-        ngx_string!("async_mirror_ssl_trusted_certificate"),
-        HSL | NGX_CONF_TAKE1,
-        cmd_ssl_trusted_certificate,
-        false,
-    ),
-    command(ngx_string!("async_mirror_body_max_size"), HSL | NGX_CONF_TAKE1, cmd_body_max_size, false),
-    command(ngx_string!("async_mirror_max_fails"), HSL | NGX_CONF_TAKE1, cmd_max_fails, false),
-    command(ngx_string!("async_mirror_fail_timeout"), HSL | NGX_CONF_TAKE1, cmd_fail_timeout, false),
-    command(
-        ngx_string!("async_mirror_max_connections"),
-        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-        cmd_max_connections,
-        true,
-    ),
-    command(
-        ngx_string!("async_mirror_keepalive_timeout"),
-        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-        cmd_keepalive_timeout,
-        true,
-    ),
-    command(
-        ngx_string!("async_mirror_queue_size"),
-        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-        cmd_queue_size,
-        true,
-    ),
-    command(
-        ngx_string!("async_mirror_queue_bytes"),
-        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-        cmd_queue_bytes,
-        true,
-    ),
-    command(ngx_string!("async_mirror_threads"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, cmd_threads, true),
-    command(
-        ngx_string!("async_mirror_drain_timeout"),
-        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-        cmd_drain_timeout,
-        true,
-    ),
-    command(ngx_string!("async_mirror_zone"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE2, cmd_zone, true),
-    command(ngx_string!("async_mirror_status"), NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS, cmd_status, false),
-    ngx_command_t::empty(),
-];

@@ -1,13 +1,18 @@
 //! The thin FFI layer: everything that touches nginx structs lives here.
 //!
 //! Every `extern "C"` entry point catches panics, and nothing here blocks the
-//! nginx thread except the bounded drain when a worker exits.
+//! nginx thread except the bounded drain when a worker exits. `module.rs`
+//! registers everything; the files below it never name the module.
 
 mod body_filter;
 mod conf;
+mod ctx;
 mod directives;
 mod handler;
+mod log;
 mod module;
 mod process;
+mod request;
 mod status;
+mod variable;
 mod zone;

@@ -1,24 +1,25 @@
-//! Module registration: the `ngx_module_t` nginx loads, its http context and phase hook.
+//! Registration, in one place: the `ngx_module_t` nginx loads, its http context,
+//! the command table, and where the handlers and filters are hooked in. Every
+//! other file of the glue is generic over [`Registered`] or takes what it needs
+//! as arguments, so none of them names this module.
 
-use std::ptr::addr_of;
-
-use ngx::core::Status;
-use ngx::ffi::{
-    NGX_HTTP_MODULE, NGX_HTTP_VAR_NOCACHEABLE, ngx_array_push, ngx_conf_t, ngx_http_add_variable,
-    ngx_http_handler_pt, ngx_http_module_t, ngx_http_phases_NGX_HTTP_PRECONTENT_PHASE,
-    ngx_http_top_request_body_filter, ngx_int_t, ngx_module_t, ngx_uint_t,
-};
-use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
 use std::ffi::{c_char, c_void};
+use std::ptr::{addr_of, null_mut};
 
-use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
-use ngx::ffi::NGX_LOG_EMERG;
-use ngx::http::Merge;
+use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK, Status};
+use ngx::ffi::{
+    NGX_CONF_1MORE, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF,
+    NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE,
+    NGX_HTTP_SRV_CONF, NGX_HTTP_VAR_NOCACHEABLE, NGX_LOG_EMERG, ngx_array_push, ngx_command_t, ngx_conf_t,
+    ngx_http_add_variable, ngx_http_handler_pt, ngx_http_module_t, ngx_http_phases_NGX_HTTP_PRECONTENT_PHASE,
+    ngx_http_top_request_body_filter, ngx_int_t, ngx_module_t, ngx_str_t, ngx_uint_t,
+};
+use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, Merge, NgxHttpCoreModule};
 use ngx::{ngx_conf_log_error, ngx_string};
 
-use super::conf::{LocConf, MainConf};
-use super::directives::COMMANDS;
-use super::{body_filter, handler, process, status};
+use super::conf::{LocConf, MainConf, Registered};
+use super::directives::*;
+use super::{body_filter, handler, process, variable};
 
 pub struct Module;
 
@@ -36,7 +37,7 @@ impl HttpModule for Module {
         // SAFETY: a non-null variable returned by nginx.
         match unsafe { v.as_mut() } {
             Some(v) => {
-                v.get_handler = Some(status::outcome_variable);
+                v.get_handler = Some(variable::outcome_variable);
                 Status::NGX_OK.into()
             }
             None => Status::NGX_ERROR.into(),
@@ -61,7 +62,7 @@ impl HttpModule for Module {
             return Status::NGX_ERROR.into();
         }
         // SAFETY: h points to a freshly pushed element.
-        unsafe { *h = Some(handler::precontent_handler) };
+        unsafe { *h = Some(handler::precontent_handler::<Module>) };
         // SAFETY: filters are chained once, while nginx loads the configuration.
         unsafe {
             body_filter::NEXT = ngx_http_top_request_body_filter;
@@ -80,6 +81,8 @@ unsafe impl HttpModuleMainConf for Module {
 unsafe impl HttpModuleLocationConf for Module {
     type LocationConf = LocConf;
 }
+
+impl Registered for Module {}
 
 /// Merges a location's configuration into its parent's, then resolves its targets:
 /// only now are the location's TLS settings final.
@@ -122,6 +125,53 @@ static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
     merge_loc_conf: Some(merge_loc_conf),
 };
 
+/// Contexts: http, server and location (`HSL`), or http only (`MAIN`).
+const HSL: u32 = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF;
+const MAIN: u32 = NGX_HTTP_MAIN_CONF;
+type SetFn = extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char;
+
+const fn command(name: ngx_str_t, type_: u32, set: SetFn) -> ngx_command_t {
+    let main = type_ & NGX_HTTP_SRV_CONF == 0 && type_ & NGX_HTTP_MAIN_CONF != 0;
+    ngx_command_t {
+        name,
+        type_: type_ as ngx_uint_t,
+        set: Some(set),
+        conf: if main { NGX_HTTP_MAIN_CONF_OFFSET } else { NGX_HTTP_LOC_CONF_OFFSET },
+        offset: 0,
+        post: null_mut(),
+    }
+}
+
+type M = Module;
+
+pub static mut COMMANDS: [ngx_command_t; 21] = [
+    command(ngx_string!("async_mirror"), HSL | NGX_CONF_1MORE, cmd_async_mirror::<M>),
+    command(ngx_string!("async_mirror_set_header"), HSL | NGX_CONF_TAKE2, cmd_set_header::<M>),
+    command(ngx_string!("async_mirror_if"), HSL | NGX_CONF_1MORE, cmd_if::<M>),
+    command(ngx_string!("async_mirror_mark_header"), HSL | NGX_CONF_TAKE1, cmd_mark_header::<M>),
+    command(ngx_string!("async_mirror_connect_timeout"), HSL | NGX_CONF_TAKE1, cmd_connect_timeout::<M>),
+    command(ngx_string!("async_mirror_timeout"), HSL | NGX_CONF_TAKE1, cmd_timeout::<M>),
+    command(ngx_string!("async_mirror_body"), HSL | NGX_CONF_TAKE1, cmd_body::<M>),
+    command(ngx_string!("async_mirror_ssl_verify"), HSL | NGX_CONF_TAKE1, cmd_ssl_verify::<M>),
+    command(
+        ngx_string!("async_mirror_ssl_trusted_certificate"),
+        HSL | NGX_CONF_TAKE1,
+        cmd_ssl_trusted_certificate::<M>,
+    ),
+    command(ngx_string!("async_mirror_body_max_size"), HSL | NGX_CONF_TAKE1, cmd_body_max_size::<M>),
+    command(ngx_string!("async_mirror_max_fails"), HSL | NGX_CONF_TAKE1, cmd_max_fails::<M>),
+    command(ngx_string!("async_mirror_fail_timeout"), HSL | NGX_CONF_TAKE1, cmd_fail_timeout::<M>),
+    command(ngx_string!("async_mirror_max_connections"), MAIN | NGX_CONF_TAKE1, cmd_max_connections::<M>),
+    command(ngx_string!("async_mirror_keepalive_timeout"), MAIN | NGX_CONF_TAKE1, cmd_keepalive_timeout::<M>),
+    command(ngx_string!("async_mirror_queue_size"), MAIN | NGX_CONF_TAKE1, cmd_queue_size::<M>),
+    command(ngx_string!("async_mirror_queue_bytes"), MAIN | NGX_CONF_TAKE1, cmd_queue_bytes::<M>),
+    command(ngx_string!("async_mirror_threads"), MAIN | NGX_CONF_TAKE1, cmd_threads::<M>),
+    command(ngx_string!("async_mirror_drain_timeout"), MAIN | NGX_CONF_TAKE1, cmd_drain_timeout::<M>),
+    command(ngx_string!("async_mirror_zone"), MAIN | NGX_CONF_TAKE2, cmd_zone::<M>),
+    command(ngx_string!("async_mirror_status"), NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS, cmd_status::<M>),
+    ngx_command_t::empty(),
+];
+
 #[cfg(feature = "export-modules")]
 ngx::ngx_modules!(ngx_http_async_mirror_module);
 
@@ -132,7 +182,7 @@ pub static mut ngx_http_async_mirror_module: ngx_module_t = ngx_module_t {
     ctx: addr_of!(MODULE_CTX) as _,
     commands: (&raw mut COMMANDS).cast(),
     type_: NGX_HTTP_MODULE as _,
-    init_process: Some(process::init_process),
+    init_process: Some(process::init_process::<Module>),
     exit_process: Some(process::exit_process),
     ..ngx_module_t::default()
 };

@@ -1,14 +1,14 @@
-//! `async_mirror_status` (the metrics page) and the `$async_mirror_outcome` variable.
+//! `async_mirror_status`: the counters as Prometheus text or JSON.
 
 use ngx::ffi::{
     NGX_ERROR, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED, NGX_OK,
     ngx_chain_t, ngx_create_temp_buf, ngx_http_arg, ngx_http_discard_request_body, ngx_http_output_filter,
-    ngx_http_request_t, ngx_http_send_header, ngx_http_variable_value_t, ngx_int_t, ngx_str_t, ngx_uint_t,
+    ngx_http_request_t, ngx_http_send_header, ngx_int_t, ngx_str_t, ngx_uint_t,
 };
 
-use super::handler::RequestCtx;
-use super::process;
-use crate::engine::status;
+use super::log;
+use super::process::with_worker;
+use crate::engine::status::{self, Snapshot, TargetSnapshot};
 
 pub unsafe extern "C" fn status_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     let result = std::panic::catch_unwind(|| {
@@ -16,7 +16,7 @@ pub unsafe extern "C" fn status_handler(r: *mut ngx_http_request_t) -> ngx_int_t
         unsafe { serve(&mut *r) }
     });
     result.unwrap_or_else(|_| {
-        process::log_alert("async_mirror: panic in status handler");
+        log::alert("async_mirror: panic in status handler");
         NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t
     })
 }
@@ -38,7 +38,7 @@ unsafe fn serve(r: &mut ngx_http_request_t) -> ngx_int_t {
         == NGX_OK as ngx_int_t
         && format.len == 4
         && unsafe { std::slice::from_raw_parts(format.data, 4) } == b"json";
-    let snap = process::snapshot();
+    let snap = snapshot();
     let (body, ctype): (String, &'static str) = if json {
         (status::json(&snap), "application/json")
     } else {
@@ -69,30 +69,50 @@ unsafe fn serve(r: &mut ngx_http_request_t) -> ngx_int_t {
     }
 }
 
-/// `$async_mirror_outcome`: e.g. `queued`, `skipped`, `dropped:queue_full`, one per target.
-pub unsafe extern "C" fn outcome_variable(
-    r: *mut ngx_http_request_t,
-    v: *mut ngx_http_variable_value_t,
-    _data: usize,
-) -> ngx_int_t {
-    let result = std::panic::catch_unwind(|| {
-        // SAFETY: nginx passes a valid request and value slot.
-        let (r, v) = unsafe { (&*r, &mut *v) };
-        // SAFETY: r.main is the main request, alive while any of its subrequests is.
-        let main = unsafe { &*r.main };
-        match RequestCtx::find(main).map(RequestCtx::outcome).filter(|o| !o.is_empty()) {
-            Some(o) => {
-                v.set_len(o.len() as _);
-                v.data = o.as_ptr().cast_mut();
-                v.set_valid(1);
-                v.set_no_cacheable(1);
-                v.set_not_found(0);
-            }
-            None => v.set_not_found(1),
+/// What the page shows: the zone's sums if there is one (after adding this worker's
+/// latest changes), otherwise this worker's own counters.
+fn snapshot() -> Snapshot {
+    with_worker(|w| {
+        if let Some(shared) = w.shared.as_mut() {
+            shared.fold(&w.engine, false);
+            let (queue_jobs, queue_bytes) = shared.zone.queue();
+            let targets = shared
+                .zone
+                .read()
+                .into_iter()
+                .map(|(url, counters, inflight, breaker_open)| TargetSnapshot {
+                    url,
+                    counters,
+                    inflight,
+                    breaker_open,
+                })
+                .collect();
+            return Snapshot { targets, queue_jobs, queue_bytes, shared: true };
         }
-    });
-    if result.is_err() {
-        return NGX_ERROR as ngx_int_t;
-    }
-    NGX_OK as ngx_int_t
+        // One series per URL: an https URL used under several TLS settings is several targets.
+        let mut targets: Vec<TargetSnapshot> = Vec::new();
+        for (id, spec, stats) in w.engine.targets() {
+            let counters = stats.snapshot();
+            let g = w.engine.gauges(id);
+            match targets.iter_mut().find(|t| t.url == spec.url) {
+                Some(t) => {
+                    t.counters.iter_mut().zip(counters).for_each(|(a, b)| *a += b);
+                    t.inflight += g.inflight;
+                    t.breaker_open = t.breaker_open.max(g.breaker_open);
+                }
+                None => targets.push(TargetSnapshot {
+                    url: spec.url.clone(),
+                    counters,
+                    inflight: g.inflight,
+                    breaker_open: g.breaker_open,
+                }),
+            }
+        }
+        Snapshot {
+            targets,
+            queue_jobs: w.engine.queued_jobs() as i64,
+            queue_bytes: w.engine.queued_bytes() as i64,
+            shared: false,
+        }
+    })
 }

@@ -8,29 +8,51 @@
 //! assigned only in the master while it loads a configuration (single
 //! threaded), so workers never allocate or lock: they add deltas to atomics.
 //! nginx hands the same memory to the new configuration on reload when name
-//! and size are unchanged, so counters survive reloads.
+//! and size are unchanged, so counters survive reloads. The header records the
+//! table's layout: a zone left by another layout (a reload onto a module built
+//! with other counters) gets a fresh table, announced with a `notice`, and is
+//! never read with the wrong layout. The old table stays allocated for the
+//! old generation of workers still writing into it.
 
 use std::ffi::c_void;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use ngx::ffi::{
-    NGX_ERROR, NGX_LOG_EMERG, NGX_OK, ngx_int_t, ngx_shm_zone_t, ngx_slab_alloc, ngx_slab_pool_t,
+    NGX_ERROR, NGX_LOG_EMERG, NGX_LOG_NOTICE, NGX_OK, ngx_int_t, ngx_shm_zone_t, ngx_slab_alloc,
+    ngx_slab_pool_t,
 };
 use ngx::ngx_log_error;
 
 use super::conf::MainConf;
+use crate::engine::Engine;
+use crate::engine::ids::{Table, TargetId};
 use crate::engine::outcome::{CounterVec, slot};
+use crate::engine::runtime::Gauges;
 
 const MAGIC: u64 = 0x6173_796e_636d_6972; // "asyncmir"
 pub const URL_MAX: usize = 512;
 
+/// The table's layout: bump the low bits whenever `Header` or `Slot` change. The high
+/// bits ("LAYT") make it distinct from the slot count the first layout kept here.
+const LAYOUT: u64 = 0x4c41_5954_0000_0002;
+
 #[repr(C)]
 struct Header {
     magic: AtomicU64,
+    layout: AtomicU64,
+    slot_size: AtomicU64,
     slots: AtomicU64,
     queue_jobs: AtomicI64,
     queue_bytes: AtomicI64,
+}
+
+/// What a zone's memory holds.
+enum Found {
+    Ours(Zone),
+    /// A table of another layout: its layout word.
+    Other(u64),
+    Nothing,
 }
 
 #[repr(C)]
@@ -57,15 +79,11 @@ impl Zone {
     /// # Safety
     /// `shm` must be an initialised zone created by [`init_zone`].
     pub unsafe fn from_shm(shm: *mut ngx_shm_zone_t) -> Option<Zone> {
-        // SAFETY: per the contract, the zone starts with nginx's slab pool whose data is our table.
-        let sp = unsafe { (*shm).shm.addr.cast::<ngx_slab_pool_t>().as_ref()? };
-        let header = NonNull::new(sp.data.cast::<Header>())?;
-        // SAFETY: the header was initialised by init_zone.
-        let h = unsafe { header.as_ref() };
-        if h.magic.load(Ordering::Acquire) != MAGIC {
-            return None;
+        // SAFETY: per the contract.
+        match unsafe { find(shm) } {
+            Found::Ours(z) => Some(z),
+            _ => None,
         }
-        Some(Zone { header, capacity: h.slots.load(Ordering::Acquire) as usize })
     }
 
     fn header(&self) -> &Header {
@@ -146,6 +164,45 @@ impl Zone {
     }
 }
 
+/// # Safety
+/// `shm` is a shared zone whose slab pool nginx has initialised.
+unsafe fn find(shm: *mut ngx_shm_zone_t) -> Found {
+    // SAFETY: per the contract, the zone starts with nginx's slab pool.
+    let Some(sp) = (unsafe { (*shm).shm.addr.cast::<ngx_slab_pool_t>().as_ref() }) else {
+        return Found::Nothing;
+    };
+    let Some(header) = NonNull::new(sp.data.cast::<Header>()) else { return Found::Nothing };
+    // SAFETY: a non-null `data` is a table this module allocated (zones are tagged
+    // with the module), at least as large as the first layout's header.
+    let h = unsafe { header.as_ref() };
+    if h.magic.load(Ordering::Acquire) != MAGIC {
+        return Found::Nothing;
+    }
+    let layout = h.layout.load(Ordering::Acquire);
+    if layout != test_layout(LAYOUT) || h.slot_size.load(Ordering::Acquire) != size_of::<Slot>() as u64 {
+        return Found::Other(layout);
+    }
+    Found::Ours(Zone { header, capacity: h.slots.load(Ordering::Acquire) as usize })
+}
+
+/// Test builds can pretend to be another layout: the number in `zone-layout` under the
+/// configuration prefix, if present, replaces the layout's low bits.
+#[cfg(feature = "test-hooks")]
+fn test_layout(layout: u64) -> u64 {
+    // SAFETY: ngx_cycle is valid while configuration is loaded; read-only.
+    let prefix = unsafe { (*ngx::ffi::ngx_cycle).conf_prefix };
+    let dir = String::from_utf8_lossy(super::request::str_bytes(&prefix)).into_owned();
+    match std::fs::read_to_string(std::path::Path::new(&dir).join("zone-layout")) {
+        Ok(s) => (layout & !0xffff_ffff) | s.trim().parse::<u64>().unwrap_or(0),
+        Err(_) => layout,
+    }
+}
+
+#[cfg(not(feature = "test-hooks"))]
+fn test_layout(layout: u64) -> u64 {
+    layout
+}
+
 impl Slot {
     pub fn add(&self, delta: &CounterVec) {
         for (c, d) in self.counters.iter().zip(delta) {
@@ -167,18 +224,36 @@ pub unsafe extern "C" fn init_zone(shm: *mut ngx_shm_zone_t, _old: *mut c_void) 
         // SAFETY: nginx passes the zone it mapped; data was set to our MainConf by the directive.
         let (zone_ref, mc) = unsafe { (&*shm, &*(*shm).data.cast::<MainConf>()) };
         let log = zone_ref.shm.log;
+        let name = String::from_utf8_lossy(super::request::str_bytes(&zone_ref.shm.name)).into_owned();
         // A reused zone (same name and size across a reload) keeps its table and counters.
-        let zone = match unsafe { Zone::from_shm(shm) } {
-            Some(z) => z,
-            None => match unsafe { create_table(zone_ref) } {
-                Some(z) => z,
-                None => {
-                    ngx_log_error!(NGX_LOG_EMERG, log, "async_mirror: cannot allocate the zone's table");
-                    return NGX_ERROR as ngx_int_t;
-                }
-            },
+        // SAFETY: nginx initialised the zone's slab pool before calling init.
+        let found = match unsafe { find(shm) } {
+            Found::Ours(z) => Some(z),
+            Found::Other(layout) => {
+                ngx_log_error!(
+                    NGX_LOG_NOTICE,
+                    log,
+                    "async_mirror: zone \"{name}\" holds counters of another layout ({layout:#x}, \
+                     this module uses {:#x}): re-initialised, counters start from zero",
+                    test_layout(LAYOUT)
+                );
+                None
+            }
+            Found::Nothing => None,
         };
-        for t in &mc.targets {
+        // SAFETY: as above; the master is loading configuration, single-threaded.
+        let zone = match found.or_else(|| unsafe { create_table(zone_ref) }) {
+            Some(z) => z,
+            None => {
+                ngx_log_error!(
+                    NGX_LOG_EMERG,
+                    log,
+                    "async_mirror: cannot allocate the table of zone \"{name}\" (zone too small?)"
+                );
+                return NGX_ERROR as ngx_int_t;
+            }
+        };
+        for t in mc.targets.values() {
             if !zone.assign(&t.url) {
                 ngx_log_error!(
                     NGX_LOG_EMERG,
@@ -214,6 +289,8 @@ unsafe fn create_table(zone: &ngx_shm_zone_t) -> Option<Zone> {
                 std::ptr::write_bytes(p.cast::<u8>(), 0, bytes);
                 let h = &*p.cast::<Header>();
                 h.slots.store(capacity as u64, Ordering::Release);
+                h.slot_size.store(size_of::<Slot>() as u64, Ordering::Release);
+                h.layout.store(test_layout(LAYOUT), Ordering::Release);
                 h.magic.store(MAGIC, Ordering::Release);
                 (*sp).data = p;
                 (*sp).set_log_nomem(1);
@@ -223,4 +300,53 @@ unsafe fn create_table(zone: &ngx_shm_zone_t) -> Option<Zone> {
         capacity = capacity * 9 / 10;
     }
     None
+}
+
+/// This worker's link to the shared zone: its targets' slots and what it already added.
+pub struct Shared {
+    pub zone: Zone,
+    slots: Table<TargetId, *const Slot>,
+    last: Table<TargetId, CounterVec>,
+    last_gauges: Table<TargetId, Gauges>,
+    last_queue: (i64, i64),
+}
+
+impl Shared {
+    pub fn new(zone: Zone, engine: &Engine) -> Shared {
+        let slots: Table<TargetId, *const Slot> = engine
+            .targets()
+            .map(|(_, spec, _)| zone.find(&spec.url).map_or(std::ptr::null(), std::ptr::from_ref))
+            .collect();
+        Shared {
+            zone,
+            last: slots.map(|_| [0; slot::COUNTERS]),
+            last_gauges: slots.map(|_| Gauges::default()),
+            slots,
+            last_queue: (0, 0),
+        }
+    }
+
+    /// Adds what changed since the last fold; `last_fold` withdraws this worker's gauges.
+    pub fn fold(&mut self, engine: &Engine, last_fold: bool) {
+        for (id, _, stats) in engine.targets() {
+            // SAFETY: slots point into the zone, mapped for the life of this configuration.
+            let Some(slot) = self.slots.get(id).and_then(|s| unsafe { s.as_ref() }) else { continue };
+            let (Some(last), Some(last_g)) = (self.last.get_mut(id), self.last_gauges.get_mut(id)) else {
+                continue;
+            };
+            let now = stats.snapshot();
+            let mut delta = [0; slot::COUNTERS];
+            for k in 0..slot::COUNTERS {
+                delta[k] = now[k].wrapping_sub(last[k]);
+            }
+            slot.add(&delta);
+            *last = now;
+            let g = if last_fold { Gauges::default() } else { engine.gauges(id) };
+            slot.add_gauges(g.inflight - last_g.inflight, g.breaker_open - last_g.breaker_open);
+            *last_g = g;
+        }
+        let q = if last_fold { (0, 0) } else { (engine.queued_jobs() as i64, engine.queued_bytes() as i64) };
+        self.zone.add_queue(q.0 - self.last_queue.0, q.1 - self.last_queue.1);
+        self.last_queue = q;
+    }
 }

@@ -1,0 +1,184 @@
+//! Connections to one target, generic over the protocol: idle ones kept for
+//! `async_mirror_keepalive_timeout`, and a cap on how many exist at once that is
+//! separate from the cap on copies in flight (an HTTP/2 connection carries many).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Where a connection goes: host as written or evaluated, and port.
+pub type Key = (String, u16);
+
+/// What the pool needs to know about a connection.
+pub trait Connection: Send + 'static {
+    /// Closed by the peer, or broken: never handed out again.
+    fn is_closed(&self) -> bool;
+    /// Can take a request now.
+    fn is_ready(&self) -> bool;
+}
+
+/// One of the pool's places for an open connection, held as long as the connection is;
+/// dropping it frees the place.
+#[derive(Debug)]
+pub struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A connection together with its place in the pool.
+pub struct Pooled<C> {
+    pub conn: C,
+    pub key: Key,
+    _slot: Slot,
+}
+
+struct Idle<C> {
+    conn: Pooled<C>,
+    since: Instant,
+}
+
+pub struct Pool<C> {
+    idle: Mutex<Vec<Idle<C>>>,
+    open: Arc<AtomicUsize>,
+    max: usize,
+    keepalive: Duration,
+}
+
+/// What a copy gets from the pool.
+pub enum Checkout<C> {
+    /// An idle connection to the copy's destination.
+    Idle(Pooled<C>),
+    /// No idle one, but room to open one: connect, then [`Pool::attach`].
+    Room(Slot),
+    /// As many connections as allowed exist and none is idle.
+    Full,
+}
+
+impl<C: Connection> Pool<C> {
+    pub fn new(max: usize, keepalive: Duration) -> Pool<C> {
+        Pool { idle: Mutex::new(Vec::new()), open: Arc::default(), max, keepalive }
+    }
+
+    /// An idle connection to `key`, or room for a new one. At the cap, an idle
+    /// connection to another destination is closed to make room.
+    pub fn checkout(&self, key: &Key) -> Checkout<C> {
+        let Ok(mut idle) = self.idle.lock() else { return Checkout::Full };
+        self.prune(&mut idle);
+        // Newest first: it is the least likely to have been closed by the peer.
+        if let Some(i) = idle.iter().rposition(|i| i.conn.key == *key && i.conn.conn.is_ready()) {
+            return Checkout::Idle(idle.swap_remove(i).conn);
+        }
+        if let Some(slot) = self.try_slot() {
+            return Checkout::Room(slot);
+        }
+        if !idle.is_empty() {
+            drop(idle.remove(0));
+            if let Some(slot) = self.try_slot() {
+                return Checkout::Room(slot);
+            }
+        }
+        Checkout::Full
+    }
+
+    fn try_slot(&self) -> Option<Slot> {
+        let mut n = self.open.load(Ordering::Acquire);
+        loop {
+            if n >= self.max {
+                return None;
+            }
+            match self.open.compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Some(Slot(self.open.clone())),
+                Err(now) => n = now,
+            }
+        }
+    }
+
+    /// A new connection takes the place reserved for it.
+    pub fn attach(conn: C, key: Key, slot: Slot) -> Pooled<C> {
+        Pooled { conn, key, _slot: slot }
+    }
+
+    /// A connection that finished its exchange cleanly goes back to the idle list.
+    pub fn checkin(&self, conn: Pooled<C>) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(Idle { conn, since: Instant::now() });
+        }
+    }
+
+    /// Closes idle connections past the keepalive timeout or closed by the peer.
+    pub fn sweep(&self) {
+        if let Ok(mut idle) = self.idle.lock() {
+            self.prune(&mut idle);
+        }
+    }
+
+    /// One clock read for the whole list.
+    fn prune(&self, idle: &mut Vec<Idle<C>>) {
+        let (ttl, now) = (self.keepalive, Instant::now());
+        idle.retain(|i| now.saturating_duration_since(i.since) < ttl && !i.conn.conn.is_closed());
+    }
+
+    /// Connections open now, busy or idle.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    pub fn idle(&self) -> usize {
+        self.idle.lock().map_or(0, |i| i.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    struct Fake(Arc<AtomicBool>);
+    impl Connection for Fake {
+        fn is_closed(&self) -> bool {
+            self.0.load(Ordering::Relaxed)
+        }
+        fn is_ready(&self) -> bool {
+            !self.is_closed()
+        }
+    }
+
+    fn key(h: &str) -> Key {
+        (h.to_string(), 80)
+    }
+
+    fn open(pool: &Pool<Fake>, k: &Key) -> (Pooled<Fake>, Arc<AtomicBool>) {
+        let Checkout::Room(slot) = pool.checkout(k) else { panic!("no room") };
+        let closed = Arc::new(AtomicBool::new(false));
+        (Pool::attach(Fake(closed.clone()), k.clone(), slot), closed)
+    }
+
+    #[test]
+    fn cap_reuse_eviction_and_expiry() {
+        let pool: Pool<Fake> = Pool::new(2, Duration::from_millis(50));
+        let (a, _) = open(&pool, &key("a"));
+        let (b, b_closed) = open(&pool, &key("b"));
+        assert!(matches!(pool.checkout(&key("a")), Checkout::Full), "the cap counts busy connections");
+        pool.checkin(a);
+        assert!(matches!(pool.checkout(&key("a")), Checkout::Idle(_)), "reused");
+        assert_eq!(pool.open(), 1, "the checked-out connection was dropped by the test");
+        pool.checkin(b);
+        b_closed.store(true, Ordering::Relaxed);
+        assert!(matches!(pool.checkout(&key("b")), Checkout::Room(_)), "a closed one is never handed out");
+        let (c, _) = open(&pool, &key("c"));
+        let (d, _) = open(&pool, &key("d"));
+        pool.checkin(c);
+        assert_eq!(pool.open(), 2);
+        match pool.checkout(&key("e")) {
+            Checkout::Room(_) => {}
+            _ => panic!("an idle connection elsewhere makes room"),
+        }
+        pool.checkin(d);
+        std::thread::sleep(Duration::from_millis(60));
+        pool.sweep();
+        assert_eq!((pool.idle(), pool.open()), (0, 0), "expired connections close");
+    }
+}
