@@ -7,6 +7,8 @@
 #   make test-distro  the integration tests against Debian's packaged nginx
 #   make test-docker  build docker/Dockerfile with local base images, run it, check copies
 #   make test-addon   build through nginx's ./configure --add-dynamic-module, run the tests with it
+#   make check        cargo fmt --check and clippy -D warnings
+#   make test-valgrind  body, reload and hostile-input tests with nginx under valgrind
 #   make bench   async_mirror vs nginx's built-in mirror vs Envoy (DURATION=10 CONNS=10,100)
 #
 # One cargo profile (release) is used for everything: each profile builds its own nginx.
@@ -30,12 +32,12 @@ endif
 # Debian's packaged nginx, configured with Debian's own flags, for `make test-distro`.
 DEB_SRC    := $(BUILD)/debian-nginx
 
-.PHONY: all deps module demo test test-distro test-docker test-addon unittest check fmt clean help bench bench-soak bench-deps
+.PHONY: all deps module demo test test-distro test-docker test-addon test-valgrind unittest check fmt clean help bench bench-soak bench-deps
 
 all: module
 
 help:
-	@sed -n '2,8p' Makefile
+	@sed -n '2,12p' Makefile
 
 # Installs the Debian packages the build needs, only those that are missing.
 deps:
@@ -108,13 +110,28 @@ test-addon: module
 		--with-http_v2_module --with-http_realip_module --add-dynamic-module=$(CURDIR) > configure.log
 	$(MAKE) -C $(ADDON_SRC) -f objs/Makefile modules > $(ADDON_SRC)/make.log
 	TEST_NGINX_MODULE=$(CURDIR)/$(ADDON_SRC)/objs/ngx_http_async_mirror_module.so \
-		$(CARGO) test --$(PROFILE) --locked --test mirror --test conf_errors --test body
+		$(CARGO) test --$(PROFILE) --locked --test integration -- mirror:: conf_errors:: body::
 
 test-docker: deps
 	bash docker/test-docker.sh
 
 unittest:
 	$(CARGO) test --$(PROFILE) --lib
+
+# Quality gates: formatting, and clippy with warnings as errors, with and without the test hooks.
+check: deps
+	$(CARGO) fmt --check
+	$(CARGO) clippy --$(PROFILE) --locked --all-targets --features test-hooks -- -D warnings
+	$(CARGO) clippy --$(PROFILE) --locked --lib -- -D warnings
+
+# The integration tests that exercise bodies, reloads and hostile input, with nginx (master
+# and workers) under valgrind's memcheck; any error with a frame in the module fails the test.
+VALGRIND_TESTS := body:: hostile:: observability::five_reloads mirror::reload
+test-valgrind: deps
+	@dpkg -s valgrind >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends valgrind; }
+	TEST_NGINX_VALGRIND=1 $(CARGO) test --$(PROFILE) --locked --features test-hooks --test integration -- \
+		--test-threads=1 $(VALGRIND_TESTS)
 
 fmt:
 	$(CARGO) fmt --check

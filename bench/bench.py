@@ -28,6 +28,21 @@ PEERS = os.path.join(ROOT, "target", "release", "examples", "peers")
 LUA = os.path.join(ROOT, "bench", "latency.lua")
 STATES = ["up", "refused", "blackhole", "slow"]
 MODES = ["none", "builtin", "async", "envoy"]
+# `async-base` (with BASE_MODULE=path/to/an/older/ngx_http_async_mirror_module.so) runs the
+# async cells with that build, side by side with the current one in the same run.
+BASE_MODULE = os.environ.get("BASE_MODULE", "")
+
+
+def is_async(mode):
+    return mode.startswith("async")
+
+
+def module_for(mode):
+    if mode == "async-base":
+        if not BASE_MODULE:
+            raise SystemExit("MODES has async-base but BASE_MODULE is not set")
+        return BASE_MODULE
+    return MODULE if is_async(mode) else None
 
 
 def free_port():
@@ -108,14 +123,14 @@ def peer_stats(port):
         return 0, 0
 
 
-def nginx_conf(workdir, name, http, workers=2, module=False):
+def nginx_conf(workdir, name, http, workers=2, module=None):
     prefix = os.path.join(workdir, name)
     os.makedirs(os.path.join(prefix, "logs"), exist_ok=True)
     conf = os.path.join(prefix, "nginx.conf")
     user = "user root;\n" if os.geteuid() == 0 else ""
     with open(conf, "w") as f:
         f.write(
-            (f"load_module {MODULE};\n" if module else "")
+            (f"load_module {module};\n" if module else "")
             + f"{user}daemon off;\nworker_processes {workers};\n"
             + f"error_log {prefix}/logs/error.log notice;\npid {prefix}/logs/nginx.pid;\n"
             + "worker_rlimit_nofile 65536;\n"
@@ -139,11 +154,11 @@ def front_http(mode, port, backend, mirror):
             f"location / {{ mirror /__mirror; {proxy} }}\n"
             f"location = /__mirror {{ internal; proxy_pass http://mirror$request_uri; }}"
         )
-    elif mode == "async":
+    elif is_async(mode):
         loc = f"location / {{ async_mirror http://127.0.0.1:{mirror}; {proxy} }}"
     else:
         raise ValueError(mode)
-    limits = "client_max_body_size 64m;" + (" async_mirror_body_max_size 64m;" if mode == "async" else "")
+    limits = "client_max_body_size 64m;" + (" async_mirror_body_max_size 64m;" if is_async(mode) else "")
     return upstream + f"{limits}\nserver {{ listen 127.0.0.1:{port} backlog=4096; {loc} }}"
 
 
@@ -234,7 +249,7 @@ def measure(args, workdir, mode, state, conns, ports, envoy_bin):
         pids = lambda: [proc.p.pid]
     else:
         prefix, conf = nginx_conf(workdir, f"front-{mode}-{state}-{conns}",
-                                  front_http(mode, port, ports["backend"], mirror), module=(mode == "async"))
+                                  front_http(mode, port, ports["backend"], mirror), module=module_for(mode))
         proc = Proc([NGINX, "-p", prefix, "-c", conf, "-e", os.path.join(prefix, "logs/error.log")])
         pids = lambda: proc_children(proc.p.pid)
     try:
@@ -263,7 +278,7 @@ def measure(args, workdir, mode, state, conns, ports, envoy_bin):
         proc.stop(signal.SIGQUIT if mode != "envoy" else signal.SIGTERM)
     r.update(mode=mode, state=state, conns=conns, cpu_s=cpu, cpu_us_per_req=cpu / max(r["requests"], 1) * 1e6,
              rss_before_kib=rss_before, rss_after_kib=rss_after, copies=copies, mirror_conns=conns_opened)
-    if mode == "async":
+    if is_async(mode):
         r["counters"] = exit_counters(os.path.join(prefix, "logs/error.log"))
     return r
 
@@ -288,8 +303,8 @@ def table(results):
 def svg_chart(results, path):
     """Grouped bars: throughput ratio and p99 ratio to no-mirror, per mode × mirror state (first conns level)."""
     conns = results[0]["conns"]
-    modes = [m for m in ["builtin", "envoy", "async"] if any(r["mode"] == m for r in results)]
-    colors = {"builtin": "#d62728", "envoy": "#ff7f0e", "async": "#2ca02c"}
+    modes = [m for m in ["builtin", "envoy", "async-base", "async"] if any(r["mode"] == m for r in results)]
+    colors = {"builtin": "#d62728", "envoy": "#ff7f0e", "async-base": "#98df8a", "async": "#2ca02c"}
     cells = {(r["mode"], r["state"]): r for r in results if r["conns"] == conns}
     W, H, pad = 900, 360, 60
     panel_w = (W - 2 * pad) / 2
@@ -333,7 +348,7 @@ def svg_chart(results, path):
                            f'<text x="{gx + mi * bw + bw / 2}" y="{pad + ph - h - 3}" text-anchor="middle" font-size="9">{v:.0f}</text>')
     for mi, mode in enumerate(modes):
         out.append(f'<rect x="{pad + mi * 150}" y="{H - 22}" width="12" height="12" fill="{colors[mode]}"/>'
-                   f'<text x="{pad + mi * 150 + 16}" y="{H - 12}">{ {"builtin": "nginx mirror", "envoy": "Envoy shadow", "async": "async_mirror"}[mode]}</text>')
+                   f'<text x="{pad + mi * 150 + 16}" y="{H - 12}">{ {"builtin": "nginx mirror", "envoy": "Envoy shadow", "async-base": "async_mirror (base)", "async": "async_mirror"}[mode]}</text>')
     out.append("</svg>")
     with open(path, "w") as f:
         f.write("\n".join(out))
@@ -411,13 +426,13 @@ def report(args, results):
     cpu_none = {r["conns"]: r["cpu_us_per_req"] for r in results if r["mode"] == "none"}
     extra = []
     for r in results:
-        if r["mode"] == "async" and r["state"] == "up":
-            extra.append(f'- -c{r["conns"]}: CPU per copy ≈ {r["cpu_us_per_req"] - cpu_none[r["conns"]]:.1f} µs '
+        if is_async(r["mode"]) and r["state"] == "up":
+            extra.append(f'- {r["mode"]} -c{r["conns"]}: CPU per copy ≈ {r["cpu_us_per_req"] - cpu_none[r["conns"]]:.1f} µs '
                          f'(front CPU/request {r["cpu_us_per_req"]:.1f} µs with the mirror vs {cpu_none[r["conns"]]:.1f} µs without)')
     machine = f'{os.cpu_count()} cores, {os.uname().release}'
     cmd = f"make bench DURATION={args.duration} CONNS={args.conns}" + (
         f" MODES={args.modes} STATES={args.states}" if args.modes != ",".join(MODES) or args.states != ",".join(STATES) else ""
-    ) + (f" UPLOAD={args.upload}" if args.upload else "")
+    ) + (f" UPLOAD={args.upload}" if args.upload else "") + (f" BASE_MODULE={BASE_MODULE}" if BASE_MODULE else "")
     with open(base + ".json", "w") as f:
         json.dump({"date": stamp, "machine": machine, "command": cmd, "results": results}, f, indent=1)
     with open(base + ".md", "w") as f:
@@ -433,7 +448,7 @@ def soak(args, workdir, ports):
     out = []
     for state in ["blackhole", "slow"]:
         prefix, conf = nginx_conf(workdir, f"soak-{state}", front_http("async", port, ports["backend"], ports[state]),
-                                  module=True)
+                                  module=MODULE)
         proc = Proc([NGINX, "-p", prefix, "-c", conf, "-e", os.path.join(prefix, "logs/error.log")])
         try:
             wait_port(port)

@@ -1,26 +1,13 @@
 //! Request bodies: teed as nginx reads them, byte-exact, bounded, never truncated silently.
 
-mod common;
-
 use std::io::Write;
 use std::net::TcpStream;
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use sha2::{Digest, Sha256};
-
-fn front(locations: &str, extra_http: &str) -> String {
-    let server = format!("{locations}\nlocation = /status {{ async_mirror_status; }}");
-    let config = common::front(&server, &format!("client_max_body_size 64m;\n{extra_http}"));
-    // HTTP/2 beside HTTP/1.1 on one cleartext port needs `http2 on` (nginx 1.25.1+).
-    if nginx_version() >= 1_025_001 {
-        config.replace("listen 127.0.0.1:{port};", "listen 127.0.0.1:{port}; http2 on;")
-    } else {
-        config
-    }
-}
 
 fn sha(b: &[u8]) -> [u8; 32] {
     Sha256::digest(b).into()

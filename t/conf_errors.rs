@@ -1,10 +1,8 @@
 //! Bad configuration fails `nginx -t` with a clear message and the file:line.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 /// Runs `nginx -t` with `body` inside `http {}` (`main` at top level); returns (success, output).
 fn nginx_t(main: &str, body: &str) -> (bool, String, String) {

@@ -1,14 +1,12 @@
 //! Hostile and malformed requests: nginx answers exactly as it would without the
 //! module, and every copy is either faithful or counted `skipped`.
 
-mod common;
-
 use std::io::Write;
 use std::net::TcpStream;
 use std::thread;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn hostile_requests_are_answered_as_without_the_module() {

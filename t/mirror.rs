@@ -1,11 +1,9 @@
 //! End-to-end behaviour of async_mirror with a real nginx and real peers.
 
-mod common;
-
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// Front server on `{port}` with the given location blocks, plus a backend.
 
@@ -231,8 +229,9 @@ fn keepalive_pool_bounds_connections() {
         assert_eq!(c.get(&format!("/k{i}")).status, 200);
     }
     assert!(sink.wait_for(500, Duration::from_secs(10)), "only {} copies", sink.count());
-    let conns = distinct(sink.requests().iter().map(|r| r.conn));
+    let conns = sink.connections();
     assert!(conns <= 2 * 2, "{conns} connections for 500 copies (max 2 per worker × 2 workers)");
+    assert_eq!(distinct(sink.requests().iter().map(|r| r.conn)), conns, "every connection carried copies");
     let log = ng.quit();
     let t = &exit_counters(&log)[&sink.url()];
     assert_eq!((t["attempted"], t["ok"]), (500, 500), "{t:?}");

@@ -1,8 +1,6 @@
 //! Shared counters, the status page, $async_mirror_outcome, the circuit breaker,
 //! graceful drain and reloads under load.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::TcpListener;
@@ -11,11 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
-
-fn front(locations: &str, extra_http: &str) -> String {
-    common::front(&format!("{locations}\nlocation = /status {{ async_mirror_status; }}"), extra_http)
-}
+use crate::common::*;
 
 /// Parsed status page: (metric, target, outcome/reason) -> value.
 type Metrics = BTreeMap<(String, String, String), f64>;
@@ -111,6 +105,41 @@ fn status_sums_workers_and_survives_reload() {
         }),
         "counters lost across reload: {m:?}"
     );
+    ng.quit();
+}
+
+/// A reload onto a module whose zone layout differs (simulated by the test hook) gets a
+/// fresh table with a notice; the old numbers are never read with the wrong layout.
+#[cfg(feature = "test-hooks")]
+#[test]
+fn zone_of_another_layout_is_reinitialised() {
+    let sink = Sink::start();
+    let locations = format!("location / {{ async_mirror {}; {PROXY} }}", sink.url());
+    let ng = Nginx::start("layout", 2, "", &front(&locations, "async_mirror_zone layout_stats 1m;"));
+    let attempted = "nginx_async_mirror_copies_attempted_total";
+    let settles_at = |n: u64| {
+        wait_until(Duration::from_secs(5), || {
+            let m = scrape(ng.port);
+            metric(&m, attempted, &sink.url(), "") == n && copies_sum(&m, &sink.url()) == n
+        })
+    };
+    for i in 0..20 {
+        assert_eq!(get_once(ng.port, &format!("/l{i}")).unwrap().status, 200);
+    }
+    assert!(settles_at(20), "{:?}", scrape(ng.port));
+    std::fs::write(ng.prefix.join("zone-layout"), "7").unwrap();
+    let old = ng.workers();
+    ng.reload();
+    assert!(ng.error_log().contains("holds counters of another layout"), "{}", ng.error_log());
+    // Old workers keep counting into the old table until they are gone.
+    assert!(wait_until(Duration::from_secs(10), || ng.workers().iter().all(|w| !old.contains(w))));
+    for i in 0..5 {
+        assert_eq!(get_once(ng.port, &format!("/n{i}")).unwrap().status, 200);
+    }
+    assert!(settles_at(5), "counters after re-initialisation: {:?}", scrape(ng.port));
+    // Same layout again: an ordinary reload keeps them.
+    ng.reload();
+    assert!(settles_at(5), "{:?}", scrape(ng.port));
     ng.quit();
 }
 

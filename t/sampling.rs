@@ -1,10 +1,8 @@
 //! Selecting what is copied: random and key-consistent sampling, rate caps, conditions.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn random_sampling_fraction() {

@@ -1,23 +1,22 @@
 //! https:// targets: rustls client, SNI, verification settings, keepalive.
 
-mod common;
-
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// An HTTPS sink with a self-signed certificate for `localhost` made for this test:
-/// records (SNI, request line) and counts TLS connections.
+/// the common sink's HTTP/1.1 over TLS, plus the SNI each connection sent.
 struct TlsSink {
     port: u16,
     cert_pem: String,
-    got: Arc<Mutex<Vec<(Option<String>, String, Vec<u8>)>>>,
+    got: Arc<Mutex<Vec<Recorded>>>,
+    snis: Arc<Mutex<Vec<Option<String>>>>,
     conns: Arc<AtomicUsize>,
 }
 
@@ -38,51 +37,29 @@ impl TlsSink {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let got = Arc::new(Mutex::new(Vec::new()));
+        let snis = Arc::new(Mutex::new(Vec::new()));
         let conns = Arc::new(AtomicUsize::new(0));
-        let (g, c) = (got.clone(), conns.clone());
+        let (g, n, c) = (got.clone(), snis.clone(), conns.clone());
         thread::spawn(move || {
             for tcp in listener.incoming() {
                 let Ok(tcp) = tcp else { continue };
-                c.fetch_add(1, Ordering::SeqCst);
-                let (g, config) = (g.clone(), config.clone());
+                let id = c.fetch_add(1, Ordering::SeqCst);
+                let (g, n, config) = (g.clone(), n.clone(), config.clone());
                 thread::spawn(move || {
                     let _ = tcp.set_read_timeout(Some(Duration::from_secs(30)));
-                    let conn = rustls::ServerConnection::new(config).unwrap();
-                    let mut r = BufReader::new(rustls::StreamOwned::new(conn, tcp));
-                    loop {
-                        let mut line = String::new();
-                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    let mut tls =
+                        rustls::StreamOwned::new(rustls::ServerConnection::new(config).unwrap(), tcp);
+                    while tls.conn.is_handshaking() {
+                        if tls.conn.complete_io(&mut tls.sock).is_err() {
                             return;
                         }
-                        let mut len = 0;
-                        loop {
-                            let mut h = String::new();
-                            if r.read_line(&mut h).unwrap_or(0) == 0 {
-                                return;
-                            }
-                            if h.trim().is_empty() {
-                                break;
-                            }
-                            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                                len = v.trim().parse().unwrap_or(0);
-                            }
-                        }
-                        let mut body = vec![0; len];
-                        if r.read_exact(&mut body).is_err() {
-                            return;
-                        }
-                        let sni = r.get_ref().conn.server_name().map(str::to_string);
-                        g.lock().unwrap().push((sni, line.trim().to_string(), body));
-                        let w = r.get_mut();
-                        if w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").is_err() {
-                            return;
-                        }
-                        let _ = w.flush();
                     }
+                    n.lock().unwrap().push(tls.conn.server_name().map(str::to_string));
+                    serve_stream(tls, id, g, Duration::ZERO, Arc::default());
                 });
             }
         });
-        TlsSink { port, cert_pem, got, conns }
+        TlsSink { port, cert_pem, got, snis, conns }
     }
 }
 
@@ -111,9 +88,13 @@ fn https_target_with_trusted_certificate_and_keepalive() {
     assert_eq!(statuses(&out), vec![200]);
     assert!(wait_until(Duration::from_secs(5), || sink.got.lock().unwrap().len() == 51));
     let got = sink.got.lock().unwrap().clone();
-    assert!(got.iter().all(|(sni, _, _)| sni.as_deref() == Some("localhost")), "SNI from the URL host");
-    assert!(got.iter().any(|(_, line, _)| line == "GET /tls/t7 HTTP/1.1"));
-    assert!(got.iter().any(|(_, line, body)| line == "POST /tls/tls-body HTTP/1.1" && body == b"hello"));
+    let snis = sink.snis.lock().unwrap().clone();
+    assert!(
+        !snis.is_empty() && snis.iter().all(|s| s.as_deref() == Some("localhost")),
+        "SNI from the URL host"
+    );
+    assert!(got.iter().any(|r| r.method == "GET" && r.uri == "/tls/t7"));
+    assert!(got.iter().any(|r| r.method == "POST" && r.uri == "/tls/tls-body" && r.body == b"hello"));
     let conns = sink.conns.load(Ordering::SeqCst);
     assert!(conns <= 2, "{conns} TLS connections for 51 copies (keepalive, max 2)");
     let log = ng.quit();
@@ -138,7 +119,7 @@ fn verification_fails_without_trust_and_can_be_turned_off() {
     assert!(wait_until(Duration::from_secs(5), || sink.got.lock().unwrap().len() == 3));
     let log = ng.quit();
     let got = sink.got.lock().unwrap().clone();
-    assert!(got.iter().all(|(_, line, _)| line.starts_with("GET /noverify")), "{got:?}");
+    assert!(got.iter().all(|r| r.uri.starts_with("/noverify")), "{got:?}");
     let t = &exit_counters(&log)[&url];
     assert_eq!((t["attempted"], t["ok"], t["failed_connect"]), (6, 3, 3), "{t:?}");
     assert!(log.contains("TLS handshake"), "the failure is logged");

@@ -6,8 +6,60 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Where a connection goes: host as written or evaluated, and port.
-pub type Key = (String, u16);
+use tokio::sync::{Notify, Semaphore, SemaphorePermit};
+
+/// Connects in progress per target and worker, over HTTP/1.1. A black-holed target costs
+/// at most this many pending connects until its breaker opens, however large the pool.
+pub const CONNECTS_IN_PROGRESS: usize = 4;
+
+/// One target's connection budget, shared by its pools: how many connections may exist
+/// and be in progress, and a wake-up for copies waiting for a connection or a stream.
+pub struct Limits {
+    open: AtomicUsize,
+    max: usize,
+    connecting: Semaphore,
+    /// Signalled when a connection or a stream may have become available.
+    pub notify: Notify,
+}
+
+impl Limits {
+    pub fn new(max: usize, connects: usize) -> Arc<Limits> {
+        Arc::new(Limits {
+            open: AtomicUsize::new(0),
+            max,
+            connecting: Semaphore::new(connects),
+            notify: Notify::new(),
+        })
+    }
+
+    /// A place for one more connection, if fewer than the maximum exist.
+    pub fn try_slot(self: &Arc<Self>) -> Option<Slot> {
+        let mut n = self.open.load(Ordering::Acquire);
+        loop {
+            if n >= self.max {
+                return None;
+            }
+            match self.open.compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Some(Slot(self.clone())),
+                Err(now) => n = now,
+            }
+        }
+    }
+
+    /// Leave to start a connect now, if fewer than the cap are in progress.
+    pub fn try_connect(&self) -> Option<SemaphorePermit<'_>> {
+        self.connecting.try_acquire().ok()
+    }
+
+    /// Connections open now, busy or idle, over every protocol.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+}
+
+/// Where a connection goes: `None` for a target whose every copy goes to the same place,
+/// else the host as evaluated and the port (URLs with variables).
+pub type Key = Option<(String, u16)>;
 
 /// What the pool needs to know about a connection.
 pub trait Connection: Send + 'static {
@@ -17,14 +69,14 @@ pub trait Connection: Send + 'static {
     fn is_ready(&self) -> bool;
 }
 
-/// One of the pool's places for an open connection, held as long as the connection is;
+/// One of the target's places for an open connection, held as long as the connection is;
 /// dropping it frees the place.
-#[derive(Debug)]
-pub struct Slot(Arc<AtomicUsize>);
+pub struct Slot(Arc<Limits>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.notify.notify_waiters();
     }
 }
 
@@ -42,8 +94,7 @@ struct Idle<C> {
 
 pub struct Pool<C> {
     idle: Mutex<Vec<Idle<C>>>,
-    open: Arc<AtomicUsize>,
-    max: usize,
+    limits: Arc<Limits>,
     keepalive: Duration,
 }
 
@@ -58,8 +109,8 @@ pub enum Checkout<C> {
 }
 
 impl<C: Connection> Pool<C> {
-    pub fn new(max: usize, keepalive: Duration) -> Pool<C> {
-        Pool { idle: Mutex::new(Vec::new()), open: Arc::default(), max, keepalive }
+    pub fn new(limits: Arc<Limits>, keepalive: Duration) -> Pool<C> {
+        Pool { idle: Mutex::new(Vec::new()), limits, keepalive }
     }
 
     /// An idle connection to `key`, or room for a new one. At the cap, an idle
@@ -71,29 +122,16 @@ impl<C: Connection> Pool<C> {
         if let Some(i) = idle.iter().rposition(|i| i.conn.key == *key && i.conn.conn.is_ready()) {
             return Checkout::Idle(idle.swap_remove(i).conn);
         }
-        if let Some(slot) = self.try_slot() {
+        if let Some(slot) = self.limits.try_slot() {
             return Checkout::Room(slot);
         }
         if !idle.is_empty() {
             drop(idle.remove(0));
-            if let Some(slot) = self.try_slot() {
+            if let Some(slot) = self.limits.try_slot() {
                 return Checkout::Room(slot);
             }
         }
         Checkout::Full
-    }
-
-    fn try_slot(&self) -> Option<Slot> {
-        let mut n = self.open.load(Ordering::Acquire);
-        loop {
-            if n >= self.max {
-                return None;
-            }
-            match self.open.compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return Some(Slot(self.open.clone())),
-                Err(now) => n = now,
-            }
-        }
     }
 
     /// A new connection takes the place reserved for it.
@@ -106,6 +144,7 @@ impl<C: Connection> Pool<C> {
         if let Ok(mut idle) = self.idle.lock() {
             idle.push(Idle { conn, since: Instant::now() });
         }
+        self.limits.notify.notify_one();
     }
 
     /// Closes idle connections past the keepalive timeout or closed by the peer.
@@ -119,11 +158,6 @@ impl<C: Connection> Pool<C> {
     fn prune(&self, idle: &mut Vec<Idle<C>>) {
         let (ttl, now) = (self.keepalive, Instant::now());
         idle.retain(|i| now.saturating_duration_since(i.since) < ttl && !i.conn.conn.is_closed());
-    }
-
-    /// Connections open now, busy or idle.
-    pub fn open(&self) -> usize {
-        self.open.load(Ordering::Acquire)
     }
 
     pub fn idle(&self) -> usize {
@@ -147,7 +181,7 @@ mod tests {
     }
 
     fn key(h: &str) -> Key {
-        (h.to_string(), 80)
+        Some((h.to_string(), 80))
     }
 
     fn open(pool: &Pool<Fake>, k: &Key) -> (Pooled<Fake>, Arc<AtomicBool>) {
@@ -158,20 +192,21 @@ mod tests {
 
     #[test]
     fn cap_reuse_eviction_and_expiry() {
-        let pool: Pool<Fake> = Pool::new(2, Duration::from_millis(50));
+        let limits = Limits::new(2, CONNECTS_IN_PROGRESS);
+        let pool: Pool<Fake> = Pool::new(limits.clone(), Duration::from_millis(50));
         let (a, _) = open(&pool, &key("a"));
         let (b, b_closed) = open(&pool, &key("b"));
         assert!(matches!(pool.checkout(&key("a")), Checkout::Full), "the cap counts busy connections");
         pool.checkin(a);
         assert!(matches!(pool.checkout(&key("a")), Checkout::Idle(_)), "reused");
-        assert_eq!(pool.open(), 1, "the checked-out connection was dropped by the test");
+        assert_eq!(limits.open(), 1, "the checked-out connection was dropped by the test");
         pool.checkin(b);
         b_closed.store(true, Ordering::Relaxed);
         assert!(matches!(pool.checkout(&key("b")), Checkout::Room(_)), "a closed one is never handed out");
         let (c, _) = open(&pool, &key("c"));
         let (d, _) = open(&pool, &key("d"));
         pool.checkin(c);
-        assert_eq!(pool.open(), 2);
+        assert_eq!(limits.open(), 2);
         match pool.checkout(&key("e")) {
             Checkout::Room(_) => {}
             _ => panic!("an idle connection elsewhere makes room"),
@@ -179,6 +214,6 @@ mod tests {
         pool.checkin(d);
         std::thread::sleep(Duration::from_millis(60));
         pool.sweep();
-        assert_eq!((pool.idle(), pool.open()), (0, 0), "expired connections close");
+        assert_eq!((pool.idle(), limits.open()), (0, 0), "expired connections close");
     }
 }

@@ -16,7 +16,7 @@ use super::ids::TargetId;
 use super::logq::LogQueue;
 use super::outcome::{FailReason, Failure, Outcome, TargetStats};
 use super::parse::{Dest, TargetSpec};
-use super::pool::{Checkout, Pool, Pooled};
+use super::pool::{CONNECTS_IN_PROGRESS, Checkout, Key, Limits, Pool, Pooled};
 use super::response::MirrorResponse;
 
 /// Per-target connection settings (from the http-level directives).
@@ -46,7 +46,10 @@ impl Target {
             breaker: Arc::default(),
             // Over HTTP/1.1 each copy in flight needs its own connection.
             inflight: Arc::new(Semaphore::new(settings.max_connections)),
-            pool: Pool::new(settings.max_connections, settings.keepalive_timeout),
+            pool: Pool::new(
+                Limits::new(settings.max_connections, CONNECTS_IN_PROGRESS),
+                settings.keepalive_timeout,
+            ),
             log,
         }
     }
@@ -62,12 +65,13 @@ impl Target {
         let state = copy.body.as_ref().map(|b| b.state.clone());
         let body = copy.body.take().map_or_else(body::empty, body::BodyRx::boxed);
         let opts = copy.opts;
-        let result = match copy.dest.as_ref().or(self.spec.dest.as_ref()) {
-            Some(dest) => {
-                let req = copy.head.to_request(dest, body);
-                self.send(req, dest, opts).await
+        let result = match (copy.dest.as_ref(), self.spec.dest.as_ref()) {
+            (Some(dest), _) => {
+                let key = Some((dest.url.host.clone(), dest.url.port));
+                self.send(copy.head.to_request(dest, body), dest, key, opts).await
             }
-            None => Err(Failure::new(FailReason::Connect, "no destination")),
+            (None, Some(dest)) => self.send(copy.head.to_request(dest, body), dest, None, opts).await,
+            (None, None) => Err(Failure::new(FailReason::Connect, "no destination")),
         };
         // A body that ended early decides the outcome and says nothing about the mirror.
         if let Some(why) = state.and_then(|s| s.aborted()) {
@@ -94,9 +98,9 @@ impl Target {
         &self,
         mut req: http::Request<CopyBody>,
         dest: &Dest,
+        key: Key,
         opts: CopyOptions,
     ) -> Result<MirrorResponse, Failure> {
-        let key = (dest.url.host.clone(), dest.url.port);
         // The connect and exchange futures (TLS, hyper) are large; boxing them keeps the
         // task spawned per copy small, which tokio moves several times in its life.
         let slot = match self.pool.checkout(&key) {

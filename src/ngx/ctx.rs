@@ -54,6 +54,9 @@ impl RequestCtx {
     /// The caller is on the nginx thread and holds no other reference to this
     /// request's context for as long as the returned one lives (nginx calls the
     /// phase handler, the body filter and variable handlers one at a time).
+    // The context lives in the request's pool, not in `r`; exclusivity is the caller's
+    // promise (see # Safety).
+    #[allow(clippy::mut_from_ref)]
     pub unsafe fn find_mut(r: &ngx_http_request_t) -> Option<&mut RequestCtx> {
         // SAFETY: per the contract, this is the only reference.
         find_ptr(r).map(|mut p| unsafe { p.as_mut() })
@@ -63,6 +66,7 @@ impl RequestCtx {
     ///
     /// # Safety
     /// As [`RequestCtx::find_mut`].
+    #[allow(clippy::mut_from_ref)] // as for find_mut
     pub unsafe fn create_once(r: &ngx_http_request_t) -> Option<&mut RequestCtx> {
         if find_ptr(r).is_some() {
             return None;

@@ -15,7 +15,7 @@ pub fn str_bytes(s: &ngx_str_t) -> &[u8] {
 }
 
 /// Evaluates a compiled value; the result lives in the request pool.
-pub fn eval<'r>(r: &'r ngx_http_request_t, cv: *mut ngx_http_complex_value_t) -> Option<&'r [u8]> {
+pub fn eval(r: &ngx_http_request_t, cv: *mut ngx_http_complex_value_t) -> Option<&[u8]> {
     let mut out = ngx_str_t { len: 0, data: std::ptr::null_mut() };
     // SAFETY: cv was compiled at config time; r is the current request.
     if unsafe { ngx_http_complex_value(std::ptr::from_ref(r).cast_mut(), cv, &mut out) }

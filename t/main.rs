@@ -1,0 +1,13 @@
+//! Integration tests: the nginx built alongside the module, real sockets and real
+//! misbehaving peers (t/common). One test binary, so that a helper no test uses is
+//! reported as dead code.
+
+mod common;
+
+mod body;
+mod conf_errors;
+mod hostile;
+mod mirror;
+mod observability;
+mod sampling;
+mod tls;
