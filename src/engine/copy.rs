@@ -133,15 +133,24 @@ pub struct Copy {
 }
 
 impl Copy {
-    /// The copy leaves the backlog for the mirror. `None`: the breaker opened while it
-    /// waited, and it was counted `dropped{breaker_open}` (the probe always goes).
+    /// The copy leaves the backlog for the mirror: its job slot is given back, its bytes
+    /// stay charged until it ends (copies in flight hold memory too). `None`: the breaker
+    /// opened while it waited, and it was counted `dropped{breaker_open}` (the probe
+    /// always goes).
     pub fn depart(mut self, now_ms: u64) -> Option<Copy> {
-        self.place = None;
+        if let Some(place) = self.place.as_mut() {
+            place.leave_queue();
+        }
         if self.probe.is_none() && self.opts.breaker.max_fails > 0 && self.breaker.still_open(now_ms) {
             self.finish(Outcome::Dropped(DropReason::BreakerOpen));
             return None;
         }
         Some(self)
+    }
+
+    /// Whether this copy is the breaker's probe (it goes even while the breaker is open).
+    pub fn is_probe(&self) -> bool {
+        self.probe.is_some()
     }
 
     /// The copy's one outcome. The breaker has already heard how the mirror did.
@@ -186,7 +195,8 @@ mod tests {
         let copy = a.into_copy(head(), None, None).unwrap();
         assert!(backlog.bytes() > 0);
         let copy = copy.depart(0).unwrap();
-        assert_eq!((backlog.jobs(), backlog.bytes()), (0, 0), "departed copies leave the backlog");
+        assert_eq!(backlog.jobs(), 0, "departed copies leave the queue");
+        assert!(backlog.bytes() > 0, "their bytes stay charged while in flight");
         copy.finish(Outcome::Ok);
         drop(go(Ok(())).unwrap()); // torn down: counted as shutdown
         assert_eq!(stats.attempted(), 4);

@@ -28,6 +28,9 @@ pub struct RequestHead {
     /// `$request_uri`: path and query exactly as the client sent them.
     pub request_uri: Bytes,
     pub headers: HeaderMap,
+    /// The client sent `TE: trailers` (gRPC does): kept on HTTP/2 copies, the one
+    /// hop-by-hop header HTTP/2 allows.
+    pub te_trailers: bool,
 }
 
 /// Header edits from `async_mirror_set_header` and the mark header, evaluated by nginx.
@@ -59,9 +62,13 @@ impl RequestHead {
         Uri::from_maybe_shared(Bytes::copy_from_slice(request_uri)).map_err(|_| CaptureError::Uri)?;
 
         let mut drop_named: Vec<&[u8]> = Vec::new();
+        let mut te_trailers = false;
         for (name, value) in headers.clone() {
             if name.eq_ignore_ascii_case(b"connection") {
                 drop_named.extend(value.split(|&b| b == b',').map(trim).filter(|t| !t.is_empty()));
+            }
+            if name.eq_ignore_ascii_case(b"te") {
+                te_trailers |= value.split(|&b| b == b',').any(|t| trim(t).eq_ignore_ascii_case(b"trailers"));
             }
         }
         let mut map = HeaderMap::new();
@@ -88,7 +95,12 @@ impl RequestHead {
             let n = HeaderName::from_bytes(mark).map_err(|_| CaptureError::Header("mark".into()))?;
             map.insert(n, HeaderValue::from_static("1"));
         }
-        Ok(RequestHead { method, request_uri: Bytes::copy_from_slice(request_uri), headers: map })
+        Ok(RequestHead {
+            method,
+            request_uri: Bytes::copy_from_slice(request_uri),
+            headers: map,
+            te_trailers,
+        })
     }
 
     /// Rough heap footprint, charged against the backlog byte budget.
@@ -100,18 +112,7 @@ impl RequestHead {
     /// The copy for one destination: its prefix + `$request_uri` (or its whole request
     /// target), `Host` kept (or the destination's authority).
     pub fn to_request<B>(&self, dest: &Dest, body: B) -> Request<B> {
-        let path = match dest.kind {
-            PathKind::Target => Bytes::from(dest.url.path.clone()),
-            PathKind::Prefix if dest.url.path.is_empty() => self.request_uri.clone(),
-            PathKind::Prefix => {
-                let prefix = dest.url.path.as_bytes();
-                let mut p = Vec::with_capacity(prefix.len() + self.request_uri.len());
-                p.extend_from_slice(prefix);
-                p.extend_from_slice(&self.request_uri);
-                Bytes::from(p)
-            }
-        };
-        let uri = Uri::from_maybe_shared(path).unwrap_or_else(|_| Uri::from_static("/"));
+        let uri = Uri::from_maybe_shared(self.path(dest)).unwrap_or_else(|_| Uri::from_static("/"));
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = uri;
@@ -122,6 +123,43 @@ impl RequestHead {
             }
         }
         req
+    }
+
+    /// The copy as an HTTP/2 request: the client's `Host` (or the destination's authority)
+    /// becomes `:authority`, and `te: trailers` is kept when the client sent it.
+    pub fn to_h2_request<B>(&self, dest: &Dest, body: B) -> Request<B> {
+        let mut req = self.to_request(dest, body);
+        let host = req.headers_mut().remove(http::header::HOST);
+        let authority = host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.parse::<http::uri::Authority>().ok())
+            .or_else(|| dest.authority.parse().ok());
+        let mut parts = std::mem::take(req.uri_mut()).into_parts();
+        parts.scheme = Some(if dest.url.https { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP });
+        parts.authority = authority;
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+        *req.version_mut() = http::Version::HTTP_2;
+        if self.te_trailers {
+            req.headers_mut().insert(http::header::TE, HeaderValue::from_static("trailers"));
+        }
+        req
+    }
+
+    fn path(&self, dest: &Dest) -> Bytes {
+        match dest.kind {
+            PathKind::Target => Bytes::from(dest.url.path.clone()),
+            PathKind::Prefix if dest.url.path.is_empty() => self.request_uri.clone(),
+            PathKind::Prefix => {
+                let prefix = dest.url.path.as_bytes();
+                let mut p = Vec::with_capacity(prefix.len() + self.request_uri.len());
+                p.extend_from_slice(prefix);
+                p.extend_from_slice(&self.request_uri);
+                Bytes::from(p)
+            }
+        }
     }
 }
 
@@ -160,6 +198,22 @@ mod tests {
             head.to_request(&parse_dest("http://mirror:8080/shadow", false, PathKind::Prefix).unwrap(), ());
         assert_eq!(req.uri(), "/shadow/p?q=1");
         assert_eq!(req.headers()["host"], "example.com");
+    }
+
+    #[test]
+    fn http2_copies_carry_authority_and_trailers() {
+        let h = hdrs(&[("Host", "shop.example"), ("TE", "trailers"), ("Content-Type", "application/grpc")]);
+        let head =
+            RequestHead::capture(b"POST", b"/svc/M", h.iter().copied(), &HeaderEdits::default()).unwrap();
+        assert!(head.te_trailers && !head.headers.contains_key("te"));
+        let dest = parse_dest("http://10.0.0.1:50051/p", false, PathKind::Prefix).unwrap();
+        let req = head.to_h2_request(&dest, ());
+        assert_eq!(req.uri(), "http://shop.example/p/svc/M");
+        assert_eq!(
+            (req.headers()["te"].to_str().unwrap(), req.headers().contains_key("host")),
+            ("trailers", false)
+        );
+        assert!(head.to_request(&dest, ()).headers().get("te").is_none(), "never on HTTP/1.1 copies");
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub struct TargetSpec {
     pub dest: Option<Dest>,
     /// Set for `https://` targets once the location's TLS settings are known.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// `async_mirror_http_version 2`: h2c, or ALPN h2 with HTTP/1.1 as the fallback.
+    pub http2: bool,
 }
 
 /// Where one copy goes.
@@ -65,6 +67,7 @@ pub fn parse_target(written: &str) -> Result<TargetSpec, String> {
         https: url.https,
         dest: Some(Dest::new(url, PathKind::Prefix, Some(addr))),
         tls: None,
+        http2: false,
     })
 }
 
@@ -86,7 +89,7 @@ pub fn parse_template(written: &str) -> Result<TargetSpec, String> {
     if written.len() > url::MAX_LEN {
         return Err(too_long(written));
     }
-    Ok(TargetSpec { url: written.to_string(), https, dest: None, tls: None })
+    Ok(TargetSpec { url: written.to_string(), https, dest: None, tls: None, http2: false })
 }
 
 /// Whether the path part of a template has variables: then the evaluated path is the

@@ -74,6 +74,7 @@ pub trait Connection: Send + 'static {
 pub struct Slot(Arc<Limits>);
 
 impl Drop for Slot {
+    /// Take a slot only to connect: dropping one wakes every copy waiting for room.
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::AcqRel);
         self.0.notify.notify_waiters();
@@ -113,14 +114,17 @@ impl<C: Connection> Pool<C> {
         Pool { idle: Mutex::new(Vec::new()), limits, keepalive }
     }
 
-    /// An idle connection to `key`, or room for a new one. At the cap, an idle
-    /// connection to another destination is closed to make room.
-    pub fn checkout(&self, key: &Key) -> Checkout<C> {
+    /// An idle connection to `key`, or (when `may_open`) room for a new one. At the cap,
+    /// an idle connection to another destination is closed to make room.
+    pub fn checkout(&self, key: &Key, may_open: bool) -> Checkout<C> {
         let Ok(mut idle) = self.idle.lock() else { return Checkout::Full };
         self.prune(&mut idle);
         // Newest first: it is the least likely to have been closed by the peer.
         if let Some(i) = idle.iter().rposition(|i| i.conn.key == *key && i.conn.conn.is_ready()) {
             return Checkout::Idle(idle.swap_remove(i).conn);
+        }
+        if !may_open {
+            return Checkout::Full;
         }
         if let Some(slot) = self.limits.try_slot() {
             return Checkout::Room(slot);
@@ -185,7 +189,7 @@ mod tests {
     }
 
     fn open(pool: &Pool<Fake>, k: &Key) -> (Pooled<Fake>, Arc<AtomicBool>) {
-        let Checkout::Room(slot) = pool.checkout(k) else { panic!("no room") };
+        let Checkout::Room(slot) = pool.checkout(k, true) else { panic!("no room") };
         let closed = Arc::new(AtomicBool::new(false));
         (Pool::attach(Fake(closed.clone()), k.clone(), slot), closed)
     }
@@ -196,18 +200,21 @@ mod tests {
         let pool: Pool<Fake> = Pool::new(limits.clone(), Duration::from_millis(50));
         let (a, _) = open(&pool, &key("a"));
         let (b, b_closed) = open(&pool, &key("b"));
-        assert!(matches!(pool.checkout(&key("a")), Checkout::Full), "the cap counts busy connections");
+        assert!(matches!(pool.checkout(&key("a"), true), Checkout::Full), "the cap counts busy connections");
         pool.checkin(a);
-        assert!(matches!(pool.checkout(&key("a")), Checkout::Idle(_)), "reused");
+        assert!(matches!(pool.checkout(&key("a"), true), Checkout::Idle(_)), "reused");
         assert_eq!(limits.open(), 1, "the checked-out connection was dropped by the test");
         pool.checkin(b);
         b_closed.store(true, Ordering::Relaxed);
-        assert!(matches!(pool.checkout(&key("b")), Checkout::Room(_)), "a closed one is never handed out");
+        assert!(
+            matches!(pool.checkout(&key("b"), true), Checkout::Room(_)),
+            "a closed one is never handed out"
+        );
         let (c, _) = open(&pool, &key("c"));
         let (d, _) = open(&pool, &key("d"));
         pool.checkin(c);
         assert_eq!(limits.open(), 2);
-        match pool.checkout(&key("e")) {
+        match pool.checkout(&key("e"), true) {
             Checkout::Room(_) => {}
             _ => panic!("an idle connection elsewhere makes room"),
         }

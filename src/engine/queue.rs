@@ -14,11 +14,13 @@ pub struct Backlog {
     max_bytes: usize,
 }
 
-/// Room held in the backlog until the job leaves the queue for a connection.
+/// Room held in the backlog: a job slot until the copy leaves the queue, its bytes
+/// until it ends.
 #[derive(Debug)]
 pub struct Reservation {
     backlog: Arc<Backlog>,
     bytes: usize,
+    queued: bool,
 }
 
 impl Backlog {
@@ -38,7 +40,7 @@ impl Backlog {
             self.jobs.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        Some(Reservation { backlog: self.clone(), bytes })
+        Some(Reservation { backlog: self.clone(), bytes, queued: true })
     }
 
     /// Charges streamed body bytes to the same budget; `false` (nothing taken) when over.
@@ -75,10 +77,19 @@ impl Reservation {
     }
 }
 
+impl Reservation {
+    /// The copy left the queue: its job slot is free, its bytes stay charged.
+    pub fn leave_queue(&mut self) {
+        if std::mem::take(&mut self.queued) {
+            self.backlog.jobs.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
 impl Drop for Reservation {
     fn drop(&mut self) {
         self.backlog.bytes.fetch_sub(self.bytes, Ordering::AcqRel);
-        self.backlog.jobs.fetch_sub(1, Ordering::AcqRel);
+        self.leave_queue();
     }
 }
 

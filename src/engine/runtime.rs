@@ -57,6 +57,7 @@ impl Clock {
 pub struct Gauges {
     pub inflight: i64,
     pub breaker_open: i64,
+    pub connections: i64,
 }
 
 impl Engine {
@@ -100,6 +101,7 @@ impl Engine {
         self.lanes.get(id).map_or_else(Gauges::default, |l| Gauges {
             inflight: l.target.stats.inflight.load(Ordering::Relaxed),
             breaker_open: i64::from(l.target.breaker.is_open()),
+            connections: l.target.connections() as i64,
         })
     }
 
@@ -230,5 +232,117 @@ async fn dispatch(target: Arc<Target>, mut rx: UnboundedReceiver<Copy>, clock: C
             copy.finish(outcome);
             drop(permit);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::breaker::BreakerSettings;
+    use crate::engine::job::{HeaderEdits, RequestHead};
+    use crate::engine::parse::parse_target;
+
+    fn settings(max_connections: usize) -> EngineSettings {
+        EngineSettings {
+            threads: 1,
+            queue_size: 1000,
+            queue_bytes: 1 << 20,
+            client: ClientSettings { keepalive_timeout: Duration::from_secs(60), max_connections },
+        }
+    }
+
+    const OPTS: CopyOptions = CopyOptions {
+        connect_timeout: Duration::from_secs(1),
+        timeout: Duration::from_secs(2),
+        breaker: BreakerSettings { max_fails: 3, fail_timeout: Duration::from_secs(10) },
+    };
+
+    fn submit_all(engine: &Engine, id: TargetId, n: usize) {
+        let none = Vec::<(&[u8], &[u8])>::new();
+        let head =
+            Arc::new(RequestHead::capture(b"GET", b"/", none.into_iter(), &HeaderEdits::default()).unwrap());
+        for _ in 0..n {
+            if let Ok(a) = engine.admit(id, Ok(()), OPTS) {
+                if let Ok(copy) = a.into_copy(head.clone(), None, None) {
+                    let _ = engine.submit(copy);
+                }
+            }
+        }
+    }
+
+    fn settled(engine: &Engine, id: TargetId, n: u64, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            let (_, _, stats) = engine.targets().find(|(t, _, _)| *t == id).unwrap();
+            if stats.finished() == n {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    /// A keepalive HTTP/1.1 peer answering `200 ok` to every request; counts connections.
+    fn sink() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c = conns.clone();
+        std::thread::spawn(move || {
+            for s in listener.incoming().flatten() {
+                c.fetch_add(1, Ordering::Relaxed);
+                std::thread::spawn(move || {
+                    let mut w = s.try_clone().unwrap();
+                    let mut r = BufReader::new(s);
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n"
+                            && w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (port, conns)
+    }
+
+    #[test]
+    fn a_live_target_gets_every_copy_over_few_connections() {
+        let (port, conns) = sink();
+        let mut specs = Table::default();
+        let id = specs.push(parse_target(&format!("http://127.0.0.1:{port}")).unwrap());
+        let engine = Engine::start(settings(8), &specs, || {}).unwrap();
+        submit_all(&engine, id, 300);
+        let ok = settled(&engine, id, 300, Duration::from_secs(10));
+        let (_, _, stats) = engine.targets().next().unwrap();
+        assert!(ok, "{}", stats.summary());
+        assert_eq!(stats.get(Outcome::Ok), 300, "{}", stats.summary());
+        assert!(conns.load(Ordering::Relaxed) <= 8);
+    }
+
+    #[test]
+    fn a_refused_target_ends_every_copy() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut specs = Table::default();
+        let id = specs.push(parse_target(&format!("http://127.0.0.1:{port}")).unwrap());
+        let engine = Engine::start(settings(128), &specs, || {}).unwrap();
+        submit_all(&engine, id, 30);
+        let ok = settled(&engine, id, 30, Duration::from_secs(5));
+        let (_, _, stats) = engine.targets().next().unwrap();
+        assert!(ok, "{}", stats.summary());
+        assert_eq!(
+            stats.get(Outcome::Failed(super::super::outcome::FailReason::Connect))
+                + stats.get(Outcome::Dropped(DropReason::BreakerOpen)),
+            30,
+            "{}",
+            stats.summary()
+        );
     }
 }

@@ -12,6 +12,8 @@ pub struct TargetSnapshot {
     pub inflight: i64,
     /// Number of workers whose breaker for this target is open.
     pub breaker_open: i64,
+    /// Connections open to the target now, over all workers.
+    pub connections: i64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -105,6 +107,12 @@ const FAMILIES: &[Family] = &[
         series: Series::PerTarget(|t, out| out.push(one(t.inflight.max(0)))),
     },
     Family {
+        name: "connections",
+        kind: "gauge",
+        help: "Connections open to a target now.",
+        series: Series::PerTarget(|t, out| out.push(one(t.connections.max(0)))),
+    },
+    Family {
         name: "breaker_open",
         kind: "gauge",
         help: "Workers whose circuit breaker for a target is open.",
@@ -119,7 +127,7 @@ const FAMILIES: &[Family] = &[
     Family {
         name: "queue_bytes",
         kind: "gauge",
-        help: "Bytes held by copies waiting for a connection.",
+        help: "Bytes held by copies waiting for a connection or in flight.",
         series: Series::Global(|s| s.queue_bytes.max(0)),
     },
     Family {
@@ -179,10 +187,11 @@ pub fn json(s: &Snapshot) -> String {
         }
         let _ = write!(
             o,
-            "{{\"target\":{},\"attempted\":{},\"connections_opened\":{},\"inflight\":{},\"breaker_open\":{},\"outcomes\":{{",
+            "{{\"target\":{},\"attempted\":{},\"connections_opened\":{},\"connections\":{},\"inflight\":{},\"breaker_open\":{},\"outcomes\":{{",
             json_str(&t.url),
             t.counters[slot::ATTEMPTED],
             t.counters[slot::CONNECTIONS],
+            t.connections.max(0),
             t.inflight.max(0),
             t.breaker_open.max(0)
         );
@@ -220,6 +229,7 @@ mod tests {
                 counters,
                 inflight: 1,
                 breaker_open: 0,
+                connections: 2,
             }],
             queue_jobs: 2,
             queue_bytes: 300,

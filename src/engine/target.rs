@@ -1,22 +1,31 @@
-//! One target as a worker runs it: its spec, counters, breaker, limits and pool,
+//! One target as a worker runs it: its spec, counters, breaker, limits and pools,
 //! and the delivery of one copy over them.
+//!
+//! Capacity: a copy in flight takes a connection (HTTP/1.1) or a stream (HTTP/2).
+//! When none is free and fewer than `async_mirror_max_connections` exist, another
+//! connection is opened, at most [`CONNECTS_IN_PROGRESS`] at a time (one at a time
+//! over HTTP/2, whose connections carry many streams), so a dead target costs that
+//! many pending connects until its breaker opens. Copies that find nothing free wait
+//! for a connection or a stream to come back, within their `async_mirror_timeout`.
 
+use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
 use super::body::{self, CopyBody};
 use super::breaker::Breaker;
-use super::connect;
+use super::connect::{self, Alpn};
 use super::copy::{Copy, CopyOptions};
 use super::http1::{self, ExchangeError};
+use super::http2;
 use super::ids::TargetId;
 use super::logq::LogQueue;
-use super::outcome::{FailReason, Failure, Outcome, TargetStats};
+use super::outcome::{DropReason, FailReason, Failure, Outcome, TargetStats};
 use super::parse::{Dest, TargetSpec};
-use super::pool::{CONNECTS_IN_PROGRESS, Checkout, Key, Limits, Pool, Pooled};
+use super::pool::{CONNECTS_IN_PROGRESS, Checkout, Key, Limits, Pool, Pooled, Slot};
 use super::response::MirrorResponse;
 
 /// Per-target connection settings (from the http-level directives).
@@ -31,32 +40,73 @@ pub struct Target {
     pub spec: TargetSpec,
     pub stats: Arc<TargetStats>,
     pub breaker: Arc<Breaker>,
-    /// Copies in flight; a copy waits here in the backlog.
+    /// Copies in flight; a copy waits for a permit in the backlog.
     pub inflight: Arc<Semaphore>,
-    pool: Pool<http1::Conn>,
+    limits: Arc<Limits>,
+    h1: Pool<http1::Conn>,
+    h2: Option<http2::Pool>,
+    /// An `https://` target asked for HTTP/2 whose server chose HTTP/1.1 in ALPN.
+    h1_only: AtomicBool,
     log: Arc<LogQueue>,
+}
+
+/// How a copy's delivery ended without a response.
+enum Miss {
+    Failed(Failure),
+    /// The breaker opened while the copy waited for a connection.
+    BreakerOpen,
+}
+
+impl From<Failure> for Miss {
+    fn from(f: Failure) -> Miss {
+        Miss::Failed(f)
+    }
+}
+
+/// What a delivery needs besides the request.
+struct Job<'a> {
+    dest: &'a Dest,
+    key: Key,
+    opts: CopyOptions,
+    probe: bool,
+    deadline: Instant,
 }
 
 impl Target {
     pub fn new(id: TargetId, spec: TargetSpec, settings: ClientSettings, log: Arc<LogQueue>) -> Target {
+        let max = settings.max_connections;
+        let (limits, inflight, h2) = if spec.http2 {
+            let limits = Limits::new(max, 1);
+            let pool = http2::Pool::new(limits.clone(), settings.keepalive_timeout);
+            (limits, max.saturating_mul(http2::MAX_STREAMS), Some(pool))
+        } else {
+            (Limits::new(max, CONNECTS_IN_PROGRESS), max, None)
+        };
         Target {
             id,
             spec,
             stats: Arc::default(),
             breaker: Arc::default(),
-            // Over HTTP/1.1 each copy in flight needs its own connection.
-            inflight: Arc::new(Semaphore::new(settings.max_connections)),
-            pool: Pool::new(
-                Limits::new(settings.max_connections, CONNECTS_IN_PROGRESS),
-                settings.keepalive_timeout,
-            ),
+            inflight: Arc::new(Semaphore::new(inflight)),
+            h1: Pool::new(limits.clone(), settings.keepalive_timeout),
+            h2,
+            h1_only: AtomicBool::new(false),
+            limits,
             log,
         }
     }
 
     /// Closes idle connections past their keepalive timeout.
     pub fn sweep(&self) {
-        self.pool.sweep();
+        self.h1.sweep();
+        if let Some(h2) = &self.h2 {
+            h2.sweep();
+        }
+    }
+
+    /// Connections open now, over every protocol.
+    pub fn connections(&self) -> usize {
+        self.limits.open()
     }
 
     /// Sends one departed copy, reads the whole response, tells the breaker and
@@ -65,13 +115,18 @@ impl Target {
         let state = copy.body.as_ref().map(|b| b.state.clone());
         let body = copy.body.take().map_or_else(body::empty, body::BodyRx::boxed);
         let opts = copy.opts;
-        let result = match (copy.dest.as_ref(), self.spec.dest.as_ref()) {
-            (Some(dest), _) => {
-                let key = Some((dest.url.host.clone(), dest.url.port));
-                self.send(copy.head.to_request(dest, body), dest, key, opts).await
-            }
-            (None, Some(dest)) => self.send(copy.head.to_request(dest, body), dest, None, opts).await,
-            (None, None) => Err(Failure::new(FailReason::Connect, "no destination")),
+        let (dest, key) = match (copy.dest.as_ref(), self.spec.dest.as_ref()) {
+            (Some(d), _) => (d, Some((d.url.host.clone(), d.url.port))),
+            (None, Some(d)) => (d, None),
+            (None, None) => return Outcome::Failed(FailReason::Connect),
+        };
+        let job = Job { dest, key, opts, probe: copy.is_probe(), deadline: Instant::now() + opts.timeout };
+        let result = if self.h2.is_some() && !self.h1_only.load(Ordering::Relaxed) {
+            // Without a body, a stream the server did not process can be sent again.
+            let again = state.is_none().then(|| copy.head.clone());
+            self.send_h2(copy.head.to_h2_request(dest, body), &job, again, &now_ms).await
+        } else {
+            self.send_h1(copy.head.to_request(dest, body), &job, &now_ms).await
         };
         // A body that ended early decides the outcome and says nothing about the mirror.
         if let Some(why) = state.and_then(|s| s.aborted()) {
@@ -82,56 +137,96 @@ impl Target {
                 self.breaker.success();
                 resp.outcome()
             }
-            Err(Failure { reason, detail }) => {
+            Err(Miss::BreakerOpen) => Outcome::Dropped(DropReason::BreakerOpen),
+            Err(Miss::Failed(Failure { reason, detail })) => {
                 let outcome = Outcome::Failed(reason);
                 self.log.push(self.id, || format!("copy failed ({outcome}): {detail}"));
                 if self.breaker.failure(now_ms(), opts.breaker) {
                     let (n, t) = (opts.breaker.max_fails, opts.breaker.fail_timeout);
                     self.log.push(self.id, || format!("{n} consecutive failures, target skipped for {t:?}"));
+                    // Copies waiting for a connection give up now.
+                    self.limits.notify.notify_waiters();
                 }
                 outcome
             }
         }
     }
 
-    async fn send(
+    /// Waits until a connection or stream may be free; `Err` when the copy should stop.
+    async fn wait(
         &self,
-        mut req: http::Request<CopyBody>,
-        dest: &Dest,
-        key: Key,
-        opts: CopyOptions,
-    ) -> Result<MirrorResponse, Failure> {
-        // The connect and exchange futures (TLS, hyper) are large; boxing them keeps the
-        // task spawned per copy small, which tokio moves several times in its life.
-        let slot = match self.pool.checkout(&key) {
-            Checkout::Idle(conn) => {
-                // A pooled connection the mirror closed meanwhile fails before anything is
-                // sent; hyper hands the request back and it goes out on a fresh connection.
-                match Box::pin(self.exchange(conn, req, opts)).await {
-                    Err(ExchangeError::Stale(back)) => req = *back,
-                    done => return settle(done),
-                }
-                match self.pool.checkout(&key) {
-                    Checkout::Room(slot) => slot,
-                    Checkout::Idle(conn) => return settle(Box::pin(self.exchange(conn, req, opts)).await),
-                    Checkout::Full => {
-                        return Err(Failure::new(FailReason::Connect, "no connection available"));
-                    }
-                }
-            }
-            Checkout::Room(slot) => slot,
-            Checkout::Full => return Err(Failure::new(FailReason::Connect, "no connection available")),
-        };
-        let (io, _alpn) =
-            Box::pin(connect::connect(dest, self.spec.tls.as_ref(), opts.connect_timeout)).await?;
-        self.stats.connections_opened.fetch_add(1, Ordering::Relaxed);
-        let conn = http1::handshake(io).await.map_err(|e| {
-            Failure::new(FailReason::Connect, format!("handshake with {} failed: {e}", dest.authority))
-        })?;
-        settle(Box::pin(self.exchange(Pool::attach(conn, key, slot), req, opts)).await)
+        notified: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
+        job: &Job<'_>,
+        now_ms: &impl Fn() -> u64,
+    ) -> Result<(), Miss> {
+        if !job.probe && job.opts.breaker.max_fails > 0 && self.breaker.still_open(now_ms()) {
+            return Err(Miss::BreakerOpen);
+        }
+        let left = job.deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, notified).await {
+            Ok(()) => Ok(()),
+            Err(_) => Err(Miss::Failed(Failure::new(
+                FailReason::Timeout,
+                "no connection to the mirror became free in time",
+            ))),
+        }
     }
 
-    async fn exchange(
+    async fn send_h1(
+        &self,
+        mut req: http::Request<CopyBody>,
+        job: &Job<'_>,
+        now_ms: &impl Fn() -> u64,
+    ) -> Result<MirrorResponse, Miss> {
+        // After a pooled connection turned out closed, the copy goes out on a fresh one.
+        let mut fresh_only = false;
+        loop {
+            let mut notified = pin!(self.limits.notify.notified());
+            notified.as_mut().enable();
+            // Leave to connect first: a place for a connection is only taken to use it.
+            let permit = self.limits.try_connect();
+            match self.h1.checkout(&job.key, permit.is_some()) {
+                Checkout::Idle(conn) if !fresh_only => {
+                    drop(permit);
+                    // A pooled connection the mirror closed meanwhile fails before anything is
+                    // sent; hyper hands the request back.
+                    match Box::pin(self.exchange_h1(conn, req, job.opts)).await {
+                        Err(ExchangeError::Stale(back)) => {
+                            req = *back;
+                            fresh_only = true;
+                            continue;
+                        }
+                        done => return settle(done).map_err(Miss::from),
+                    }
+                }
+                Checkout::Idle(stale_risk) => {
+                    drop(stale_risk);
+                    continue;
+                }
+                Checkout::Room(slot) => {
+                    let conn = self.connect_h1(job, slot).await;
+                    drop(permit);
+                    self.limits.notify.notify_waiters();
+                    return settle(Box::pin(self.exchange_h1(conn?, req, job.opts)).await)
+                        .map_err(Miss::from);
+                }
+                Checkout::Full => drop(permit),
+            }
+            self.wait(notified, job, now_ms).await?;
+        }
+    }
+
+    async fn connect_h1(&self, job: &Job<'_>, slot: Slot) -> Result<Pooled<http1::Conn>, Failure> {
+        let (io, _) =
+            Box::pin(connect::connect(job.dest, self.spec.tls.as_ref(), job.opts.connect_timeout)).await?;
+        self.stats.connections_opened.fetch_add(1, Ordering::Relaxed);
+        let conn = http1::handshake(io).await.map_err(|e| {
+            Failure::new(FailReason::Connect, format!("handshake with {} failed: {e}", job.dest.authority))
+        })?;
+        Ok(Pool::attach(conn, job.key.clone(), slot))
+    }
+
+    async fn exchange_h1(
         &self,
         mut conn: Pooled<http1::Conn>,
         req: http::Request<CopyBody>,
@@ -139,10 +234,121 @@ impl Target {
     ) -> Result<MirrorResponse, ExchangeError> {
         let (resp, reusable) = http1::exchange(&mut conn.conn, req, opts.timeout, 0).await?;
         if reusable {
-            self.pool.checkin(conn);
+            self.h1.checkin(conn);
         }
         Ok(resp)
     }
+
+    async fn send_h2(
+        &self,
+        mut req: http::Request<CopyBody>,
+        job: &Job<'_>,
+        again: Option<Arc<super::job::RequestHead>>,
+        now_ms: &impl Fn() -> u64,
+    ) -> Result<MirrorResponse, Miss> {
+        let Some(pool) = &self.h2 else {
+            return Err(Failure::new(FailReason::Connect, "no HTTP/2 pool").into());
+        };
+        let mut resent = false;
+        loop {
+            let mut notified = pin!(self.limits.notify.notified());
+            notified.as_mut().enable();
+            let lease = match pool.lease(&job.key) {
+                Some(lease) => lease,
+                None => match self.limits.try_connect().and_then(|p| Some((self.limits.try_slot()?, p))) {
+                    Some((slot, permit)) => {
+                        let connected = Box::pin(self.connect_h2(job, slot)).await;
+                        drop(permit);
+                        self.limits.notify.notify_waiters();
+                        match connected? {
+                            Connected::H2(conn) => pool.add(conn),
+                            // The server chose HTTP/1.1 in ALPN: this and later copies use it.
+                            Connected::H1(conn) => {
+                                let req = copy_as_h1(req);
+                                return settle(Box::pin(self.exchange_h1(conn, req, job.opts)).await)
+                                    .map_err(Miss::from);
+                            }
+                        }
+                    }
+                    None => {
+                        self.wait(notified, job, now_ms).await?;
+                        continue;
+                    }
+                },
+            };
+            match Box::pin(http2::exchange(
+                &lease,
+                req,
+                job.deadline.saturating_duration_since(Instant::now()),
+                0,
+            ))
+            .await
+            {
+                Ok(resp) => return Ok(resp),
+                Err(http2::ExchangeError::Unprocessed(back)) if !resent => {
+                    // Sent again once, on whichever connection has room (a GOAWAY'd one no longer does).
+                    resent = true;
+                    req = match (back, &again) {
+                        (Some(back), _) => *back,
+                        (None, Some(head)) => head.to_h2_request(job.dest, body::empty()),
+                        (None, None) => {
+                            return Err(Failure::new(
+                                FailReason::Reset,
+                                "stream refused by the mirror; the body cannot be sent again",
+                            )
+                            .into());
+                        }
+                    };
+                }
+                Err(http2::ExchangeError::Unprocessed(_)) => {
+                    return Err(Failure::new(FailReason::Reset, "stream refused by the mirror twice").into());
+                }
+                Err(http2::ExchangeError::Failed(f)) => return Err(f.into()),
+            }
+        }
+    }
+
+    async fn connect_h2(&self, job: &Job<'_>, slot: Slot) -> Result<Connected, Failure> {
+        let (io, alpn) = connect::connect(job.dest, self.spec.tls.as_ref(), job.opts.connect_timeout).await?;
+        self.stats.connections_opened.fetch_add(1, Ordering::Relaxed);
+        if self.spec.tls.is_some() && alpn != Alpn::H2 {
+            if !self.h1_only.swap(true, Ordering::Relaxed) {
+                let dest = &job.dest.authority;
+                self.log
+                    .push(self.id, || format!("{dest} did not choose h2 in ALPN: copies go over HTTP/1.1"));
+            }
+            let conn = http1::handshake(io).await.map_err(|e| {
+                Failure::new(
+                    FailReason::Connect,
+                    format!("handshake with {} failed: {e}", job.dest.authority),
+                )
+            })?;
+            return Ok(Connected::H1(Pool::attach(conn, job.key.clone(), slot)));
+        }
+        let left = job.opts.connect_timeout;
+        http2::handshake(io, job.key.clone(), slot, left, &job.dest.authority).await.map(Connected::H2)
+    }
+}
+
+enum Connected {
+    H2(http2::Conn),
+    H1(Pooled<http1::Conn>),
+}
+
+/// An HTTP/2-shaped copy sent over HTTP/1.1 after all (ALPN fallback).
+fn copy_as_h1(mut req: http::Request<CopyBody>) -> http::Request<CopyBody> {
+    *req.version_mut() = http::Version::HTTP_11;
+    req.headers_mut().remove(http::header::TE);
+    if let Some(authority) = req.uri().authority().map(|a| a.as_str().to_string()) {
+        if let Ok(v) = http::HeaderValue::from_str(&authority) {
+            req.headers_mut().insert(http::header::HOST, v);
+        }
+    }
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+    if let Ok(uri) = path.parse() {
+        *req.uri_mut() = uri;
+    }
+    req
 }
 
 fn settle(r: Result<MirrorResponse, ExchangeError>) -> Result<MirrorResponse, Failure> {

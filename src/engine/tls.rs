@@ -40,6 +40,8 @@ pub fn load_pem(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 
 /// ALPN offer of an HTTP/1.1 client.
 pub const ALPN_HTTP1: &[&[u8]] = &[b"http/1.1"];
+/// ALPN offer of an HTTP/2 client that falls back to HTTP/1.1.
+pub const ALPN_H2: &[&[u8]] = &[b"h2", b"http/1.1"];
 
 /// The client configuration for one set of settings, offering `alpn` in the handshake.
 ///

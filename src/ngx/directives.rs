@@ -260,6 +260,15 @@ directive!(cmd_ssl_trusted_certificate, LocConf, |cf, lc, args| {
     set_once(&mut lc.ssl_trusted_certificate, path)
 });
 
+directive!(cmd_http_version, LocConf, |_cf, lc, args| {
+    let http2 = match args[0] {
+        "1.1" => false,
+        "2" | "2.0" => true,
+        v => return Err(format!("invalid HTTP version \"{v}\" (expected 1.1 or 2)").into()),
+    };
+    set_once(&mut lc.http2, http2)
+});
+
 directive!(cmd_max_fails, LocConf, |_cf, lc, args| {
     // 0 disables the breaker, as max_fails=0 does for an upstream server.
     let n = if args[0] == "0" { 0 } else { parse::parse_count(args[0], 1_000_000)? as u32 };

@@ -80,11 +80,12 @@ fn snapshot() -> Snapshot {
                 .zone
                 .read()
                 .into_iter()
-                .map(|(url, counters, inflight, breaker_open)| TargetSnapshot {
+                .map(|(url, counters, g)| TargetSnapshot {
                     url,
                     counters,
-                    inflight,
-                    breaker_open,
+                    inflight: g.inflight,
+                    breaker_open: g.breaker_open,
+                    connections: g.connections,
                 })
                 .collect();
             return Snapshot { targets, queue_jobs, queue_bytes, shared: true };
@@ -99,12 +100,14 @@ fn snapshot() -> Snapshot {
                     t.counters.iter_mut().zip(counters).for_each(|(a, b)| *a += b);
                     t.inflight += g.inflight;
                     t.breaker_open = t.breaker_open.max(g.breaker_open);
+                    t.connections += g.connections;
                 }
                 None => targets.push(TargetSnapshot {
                     url: spec.url.clone(),
                     counters,
                     inflight: g.inflight,
                     breaker_open: g.breaker_open,
+                    connections: g.connections,
                 }),
             }
         }

@@ -35,7 +35,7 @@ pub const URL_MAX: usize = 512;
 
 /// The table's layout: bump the low bits whenever `Header` or `Slot` change. The high
 /// bits ("LAYT") make it distinct from the slot count the first layout kept here.
-const LAYOUT: u64 = 0x4c41_5954_0000_0002;
+const LAYOUT: u64 = 0x4c41_5954_0000_0003;
 
 #[repr(C)]
 struct Header {
@@ -63,6 +63,7 @@ pub struct Slot {
     counters: [AtomicU64; slot::COUNTERS],
     inflight: AtomicI64,
     breaker_open: AtomicI64,
+    connections: AtomicI64,
 }
 
 /// The smallest zone that holds one target.
@@ -111,8 +112,8 @@ impl Zone {
             .map(|i| self.slot(i))
     }
 
-    /// Every assigned slot: (url, counters, inflight, breaker_open).
-    pub fn read(&self) -> Vec<(String, CounterVec, i64, i64)> {
+    /// Every assigned slot: its URL, counters and gauges.
+    pub fn read(&self) -> Vec<(String, CounterVec, Gauges)> {
         let mut out = Vec::new();
         for i in 0..self.capacity {
             let s = self.slot(i);
@@ -123,12 +124,12 @@ impl Zone {
             for (k, v) in s.counters.iter().enumerate() {
                 c[k] = v.load(Ordering::Relaxed);
             }
-            out.push((
-                String::from_utf8_lossy(self.slot_url(i)).into_owned(),
-                c,
-                s.inflight.load(Ordering::Relaxed),
-                s.breaker_open.load(Ordering::Relaxed),
-            ));
+            let g = Gauges {
+                inflight: s.inflight.load(Ordering::Relaxed),
+                breaker_open: s.breaker_open.load(Ordering::Relaxed),
+                connections: s.connections.load(Ordering::Relaxed),
+            };
+            out.push((String::from_utf8_lossy(self.slot_url(i)).into_owned(), c, g));
         }
         out
     }
@@ -212,9 +213,11 @@ impl Slot {
         }
     }
 
-    pub fn add_gauges(&self, inflight: i64, breaker_open: i64) {
-        self.inflight.fetch_add(inflight, Ordering::Relaxed);
-        self.breaker_open.fetch_add(breaker_open, Ordering::Relaxed);
+    /// Adds the change of one worker's gauges.
+    pub fn add_gauges(&self, now: Gauges, before: Gauges) {
+        self.inflight.fetch_add(now.inflight - before.inflight, Ordering::Relaxed);
+        self.breaker_open.fetch_add(now.breaker_open - before.breaker_open, Ordering::Relaxed);
+        self.connections.fetch_add(now.connections - before.connections, Ordering::Relaxed);
     }
 }
 
@@ -342,7 +345,7 @@ impl Shared {
             slot.add(&delta);
             *last = now;
             let g = if last_fold { Gauges::default() } else { engine.gauges(id) };
-            slot.add_gauges(g.inflight - last_g.inflight, g.breaker_open - last_g.breaker_open);
+            slot.add_gauges(g, *last_g);
             *last_g = g;
         }
         let q = if last_fold { (0, 0) } else { (engine.queued_jobs() as i64, engine.queued_bytes() as i64) };
