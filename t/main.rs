@@ -5,6 +5,7 @@
 mod common;
 
 mod body;
+mod capacity;
 mod conf_errors;
 mod hostile;
 mod mirror;

@@ -1,7 +1,6 @@
 //! Shared counters, the status page, $async_mirror_outcome, the circuit breaker,
 //! graceful drain and reloads under load.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -10,103 +9,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-
-/// Parsed status page: (metric, target, outcome/reason) -> value.
-type Metrics = BTreeMap<(String, String, String), f64>;
-
-fn scrape(port: u16) -> Metrics {
-    let r = get_once(port, "/status").expect("status");
-    assert_eq!(r.status, 200);
-    let ctype =
-        r.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("content-type")).map(|(_, v)| v.clone());
-    assert_eq!(ctype.as_deref(), Some("text/plain; version=0.0.4; charset=utf-8"));
-    let text = String::from_utf8(r.body).unwrap();
-    let scrape =
-        prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("valid exposition");
-    let mut m = Metrics::new();
-    for s in scrape.samples {
-        let value = match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            prometheus_parse::Value::Histogram(h) => h.last().map_or(0.0, |b| b.count),
-            prometheus_parse::Value::Summary(_) => continue,
-        };
-        let target = s.labels.get("target").unwrap_or("").to_string();
-        let kind = format!(
-            "{}{}",
-            s.labels.get("outcome").unwrap_or(""),
-            s.labels.get("reason").map(|r| format!(":{r}")).unwrap_or_default()
-        );
-        m.insert((s.metric, target, kind), value);
-    }
-    m
-}
-
-fn metric(m: &Metrics, name: &str, target: &str, kind: &str) -> u64 {
-    m.get(&(name.to_string(), target.to_string(), kind.to_string())).copied().unwrap_or(0.0) as u64
-}
-
-fn copies_sum(m: &Metrics, target: &str) -> u64 {
-    m.iter()
-        .filter(|((n, t, _), _)| n == "nginx_async_mirror_copies_total" && t == target)
-        .map(|(_, v)| *v as u64)
-        .sum()
-}
-
-#[test]
-fn status_sums_workers_and_survives_reload() {
-    let sink = Sink::start();
-    let refused = format!("http://127.0.0.1:{}", refused_port());
-    let locations = format!("location / {{ async_mirror {}; async_mirror {refused}; {PROXY} }}", sink.url());
-    let ng = Nginx::start("status", 2, "", &front(&locations, "async_mirror_zone mirror_stats 1m;"));
-    for i in 0..200 {
-        assert_eq!(get_once(ng.port, &format!("/s{i}")).unwrap().status, 200);
-    }
-    let attempted = "nginx_async_mirror_copies_attempted_total";
-    let settled = |m: &Metrics| {
-        [sink.url(), refused.clone()]
-            .iter()
-            .all(|t| metric(m, attempted, t, "") == 200 && copies_sum(m, t) == 200)
-    };
-    let mut m = scrape(ng.port);
-    assert!(
-        wait_until(Duration::from_secs(5), || {
-            m = scrape(ng.port);
-            settled(&m)
-        }),
-        "counters never added up: {m:?}"
-    );
-    assert_eq!(metric(&m, "nginx_async_mirror_copies_total", &sink.url(), "ok"), 200);
-    let fails = metric(&m, "nginx_async_mirror_copies_total", &refused, "failed:connect");
-    let open = metric(&m, "nginx_async_mirror_copies_total", &refused, "dropped:breaker_open");
-    assert_eq!(fails + open, 200, "{m:?}");
-    // 3 failures per worker open the breaker; copies already in flight (at most
-    // async_mirror_max_connections per worker) may fail too.
-    assert!(
-        fails <= 2 * (3 + 32) && open >= 100,
-        "the breaker should stop connects: {fails} failed, {open} dropped"
-    );
-    assert!(metric(&m, "nginx_async_mirror_connections_opened_total", &sink.url(), "") <= 64);
-    assert_eq!(metric(&m, "nginx_async_mirror_duration_seconds", &sink.url(), ""), 200);
-
-    let json = fetch(ng.port, "/status?format=json");
-    assert!(json.starts_with("{\"shared\":true,"), "{json}");
-    assert!(json.contains("\"attempted\":200"), "{json}");
-
-    ng.reload();
-    for i in 0..10 {
-        assert_eq!(get_once(ng.port, &format!("/after{i}")).unwrap().status, 200);
-    }
-    assert!(
-        wait_until(Duration::from_secs(5), || {
-            m = scrape(ng.port);
-            metric(&m, attempted, &sink.url(), "") == 210 && copies_sum(&m, &sink.url()) == 210
-        }),
-        "counters lost across reload: {m:?}"
-    );
-    ng.quit();
-}
 
 /// A reload onto a module whose zone layout differs (simulated by the test hook) gets a
 /// fresh table with a notice; the old numbers are never read with the wrong layout.

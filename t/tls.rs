@@ -124,3 +124,26 @@ fn verification_fails_without_trust_and_can_be_turned_off() {
     assert_eq!((t["attempted"], t["ok"], t["failed_connect"]), (6, 3, 3), "{t:?}");
     assert!(log.contains("TLS handshake"), "the failure is logged");
 }
+
+/// `async_mirror_http_version 2` offers h2 and http/1.1 in ALPN; a server that chooses
+/// neither h2 gets its copies over HTTP/1.1.
+#[test]
+fn alpn_falls_back_to_http1() {
+    let sink = TlsSink::start();
+    let url = format!("https://localhost:{}", sink.port);
+    let locations = format!(
+        "location / {{ async_mirror {url}; async_mirror_http_version 2; async_mirror_ssl_verify off; {PROXY} }}"
+    );
+    let ng = Nginx::start("alpn", 1, "", &front(&locations, ""));
+    let mut c = Client::connect(ng.port);
+    for i in 0..20 {
+        assert_eq!(c.get(&format!("/a{i}")).status, 200);
+    }
+    assert!(wait_until(Duration::from_secs(5), || sink.got.lock().unwrap().len() == 20));
+    assert!(wait_until(Duration::from_secs(3), || ng.error_log().contains("did not choose h2")));
+    let log = ng.quit();
+    let t = &exit_counters(&log)[&url];
+    assert_eq!(t["ok"], 20, "{t:?}");
+    let got = sink.got.lock().unwrap().clone();
+    assert!(got.iter().all(|r| r.header("host").is_some() && r.uri.starts_with("/a")), "{got:?}");
+}

@@ -2,6 +2,9 @@
 //! temporary prefix, plus real peers (a recording sink, a refused port, a
 //! listener that never accepts, a slow responder) and a tiny HTTP/1.1 client.
 
+mod h2peer;
+pub use h2peer::{H2Options, H2Peer};
+
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -648,6 +651,103 @@ pub fn get_once(port: u16, path: &str) -> Option<Response> {
     s.set_read_timeout(Some(patience(Duration::from_secs(20)))).ok()?;
     let mut c = Client { w: s.try_clone().ok()?, r: BufReader::new(s) };
     c.try_request("GET", path, &[("Connection", "close")])
+}
+
+/// Parsed status page: (metric, target, outcome/reason) -> value.
+pub type Metrics = BTreeMap<(String, String, String), f64>;
+
+pub fn scrape(port: u16) -> Metrics {
+    let r = get_once(port, "/status").expect("status");
+    assert_eq!(r.status, 200);
+    let ctype =
+        r.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("content-type")).map(|(_, v)| v.clone());
+    assert_eq!(ctype.as_deref(), Some("text/plain; version=0.0.4; charset=utf-8"));
+    let text = String::from_utf8(r.body).unwrap();
+    let scrape =
+        prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("valid exposition");
+    let mut m = Metrics::new();
+    for s in scrape.samples {
+        let value = match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            prometheus_parse::Value::Histogram(h) => h.last().map_or(0.0, |b| b.count),
+            prometheus_parse::Value::Summary(_) => continue,
+        };
+        let target = s.labels.get("target").unwrap_or("").to_string();
+        let kind = format!(
+            "{}{}",
+            s.labels.get("outcome").unwrap_or(""),
+            s.labels.get("reason").map(|r| format!(":{r}")).unwrap_or_default()
+        );
+        m.insert((s.metric, target, kind), value);
+    }
+    m
+}
+
+pub fn metric(m: &Metrics, name: &str, target: &str, kind: &str) -> u64 {
+    m.get(&(name.to_string(), target.to_string(), kind.to_string())).copied().unwrap_or(0.0) as u64
+}
+
+pub fn copies_sum(m: &Metrics, target: &str) -> u64 {
+    m.iter()
+        .filter(|((n, t, _), _)| n == "nginx_async_mirror_copies_total" && t == target)
+        .map(|(_, v)| *v as u64)
+        .sum()
+}
+
+#[test]
+fn status_sums_workers_and_survives_reload() {
+    let sink = Sink::start();
+    let refused = format!("http://127.0.0.1:{}", refused_port());
+    let locations = format!("location / {{ async_mirror {}; async_mirror {refused}; {PROXY} }}", sink.url());
+    let ng = Nginx::start("status", 2, "", &front(&locations, "async_mirror_zone mirror_stats 1m;"));
+    for i in 0..200 {
+        assert_eq!(get_once(ng.port, &format!("/s{i}")).unwrap().status, 200);
+    }
+    let attempted = "nginx_async_mirror_copies_attempted_total";
+    let settled = |m: &Metrics| {
+        [sink.url(), refused.clone()]
+            .iter()
+            .all(|t| metric(m, attempted, t, "") == 200 && copies_sum(m, t) == 200)
+    };
+    let mut m = scrape(ng.port);
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            m = scrape(ng.port);
+            settled(&m)
+        }),
+        "counters never added up: {m:?}"
+    );
+    assert_eq!(metric(&m, "nginx_async_mirror_copies_total", &sink.url(), "ok"), 200);
+    let fails = metric(&m, "nginx_async_mirror_copies_total", &refused, "failed:connect");
+    let open = metric(&m, "nginx_async_mirror_copies_total", &refused, "dropped:breaker_open");
+    assert_eq!(fails + open, 200, "{m:?}");
+    // 3 failures per worker open the breaker; copies already in flight (at most
+    // async_mirror_max_connections per worker) may fail too.
+    assert!(
+        fails <= 2 * (3 + 32) && open >= 100,
+        "the breaker should stop connects: {fails} failed, {open} dropped"
+    );
+    assert!(metric(&m, "nginx_async_mirror_connections_opened_total", &sink.url(), "") <= 64);
+    assert_eq!(metric(&m, "nginx_async_mirror_duration_seconds", &sink.url(), ""), 200);
+
+    let json = fetch(ng.port, "/status?format=json");
+    assert!(json.starts_with("{\"shared\":true,"), "{json}");
+    assert!(json.contains("\"attempted\":200"), "{json}");
+
+    ng.reload();
+    for i in 0..10 {
+        assert_eq!(get_once(ng.port, &format!("/after{i}")).unwrap().status, 200);
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            m = scrape(ng.port);
+            metric(&m, attempted, &sink.url(), "") == 210 && copies_sum(&m, &sink.url()) == 210
+        }),
+        "counters lost across reload: {m:?}"
+    );
+    ng.quit();
 }
 
 /// Distinct values, for connection-id checks.
