@@ -26,11 +26,21 @@ NGINX = os.path.join(BUILD, "nginx")
 MODULE = os.path.join(BUILD, "ngx_http_async_mirror_module.so")
 PEERS = os.path.join(ROOT, "target", "release", "examples", "peers")
 LUA = os.path.join(ROOT, "bench", "latency.lua")
-STATES = ["up", "refused", "blackhole", "slow"]
-MODES = ["none", "builtin", "async", "envoy"]
+STATES = ["up", "refused", "blackhole", "slow", "delay"]
+MODES = ["none", "builtin", "async", "async-h2", "envoy"]
+# Mirrors that answer, whose received copies are counted: a sink, a 200 ms responder, and
+# a real service answering after DELAY_MS (HTTP/1.1 and h2c on one port).
+LIVE = ["up", "slow", "delay"]
+DELAY_MS = int(os.environ.get("DELAY_MS", 20))
 # `async-base` (with BASE_MODULE=path/to/an/older/ngx_http_async_mirror_module.so) runs the
 # async cells with that build, side by side with the current one in the same run.
 BASE_MODULE = os.environ.get("BASE_MODULE", "")
+
+
+def split_mode(mode):
+    """`async-h2:15` is async_mirror over HTTP/2 with sample=15%; no suffix copies everything."""
+    name, _, sample = mode.partition(":")
+    return name, (float(sample) if sample else None)
 
 
 def is_async(mode):
@@ -38,6 +48,7 @@ def is_async(mode):
 
 
 def module_for(mode):
+    mode = split_mode(mode)[0]
     if mode == "async-base":
         if not BASE_MODULE:
             raise SystemExit("MODES has async-base but BASE_MODULE is not set")
@@ -117,10 +128,9 @@ class Proc:
 def peer_stats(port):
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/__peer_stats", timeout=2) as r:
-            kv = dict(x.split("=") for x in r.read().decode().split())
-            return int(kv["requests"]), int(kv["connections"])
+            return {k: int(v) for k, v in (x.split("=") for x in r.read().decode().split())}
     except OSError:
-        return 0, 0
+        return {}
 
 
 def nginx_conf(workdir, name, http, workers=2, module=None):
@@ -155,14 +165,17 @@ def front_http(mode, port, backend, mirror):
             f"location = /__mirror {{ internal; proxy_pass http://mirror$request_uri; }}"
         )
     elif is_async(mode):
-        loc = f"location / {{ async_mirror http://127.0.0.1:{mirror}; {proxy} }}"
+        name, sample = split_mode(mode)
+        sample = f" sample={sample:g}%" if sample else ""
+        version = " async_mirror_http_version 2;" if name == "async-h2" else ""
+        loc = f"location / {{ async_mirror http://127.0.0.1:{mirror}{sample};{version} {proxy} }}"
     else:
         raise ValueError(mode)
     limits = "client_max_body_size 64m;" + (" async_mirror_body_max_size 64m;" if is_async(mode) else "")
     return upstream + f"{limits}\nserver {{ listen 127.0.0.1:{port} backlog=4096; {loc} }}"
 
 
-def envoy_yaml(port, backend, mirror):
+def envoy_yaml(port, backend, mirror, sample=None):
     def cluster(name, p):
         return f"""
   - name: {name}
@@ -172,6 +185,8 @@ def envoy_yaml(port, backend, mirror):
       cluster_name: {name}
       endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {p}}}}}}}}}]}}]"""
 
+    fraction = "" if sample is None else (
+        f", runtime_fraction: {{default_value: {{numerator: {int(sample * 10000)}, denominator: MILLION}}}}")
     return f"""static_resources:
   listeners:
   - name: front
@@ -190,7 +205,7 @@ def envoy_yaml(port, backend, mirror):
               - match: {{prefix: "/"}}
                 route:
                   cluster: backend
-                  request_mirror_policies: [{{cluster: mirror}}]
+                  request_mirror_policies: [{{cluster: mirror{fraction}}}]
           http_filters:
           - name: envoy.filters.http.router
             typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
@@ -240,23 +255,24 @@ def exit_counters(log_path):
 def measure(args, workdir, mode, state, conns, ports, envoy_bin):
     mirror = ports[state]
     port = free_port()
-    if mode == "envoy":
+    if split_mode(mode)[0] == "envoy":
         cfg = os.path.join(workdir, f"envoy-{state}-{conns}.yaml")
         with open(cfg, "w") as f:
-            f.write(envoy_yaml(port, ports["backend"], mirror))
+            f.write(envoy_yaml(port, ports["backend"], mirror, split_mode(mode)[1]))
         proc = Proc([envoy_bin, "-c", cfg, "--concurrency", "2", "--log-level", "error",
                      "--base-id", str(port)])
         pids = lambda: [proc.p.pid]
     else:
-        prefix, conf = nginx_conf(workdir, f"front-{mode}-{state}-{conns}",
+        prefix, conf = nginx_conf(workdir, f"front-{mode.replace(':', '-')}-{state}-{conns}",
                                   front_http(mode, port, ports["backend"], mirror), module=module_for(mode))
         proc = Proc([NGINX, "-p", prefix, "-c", conf, "-e", os.path.join(prefix, "logs/error.log")])
         pids = lambda: proc_children(proc.p.pid)
     try:
         wait_port(port)
+        # The peer's counts cover the whole life of this front, as the module's counters do.
+        sink_before = peer_stats(ports[state]) if state in LIVE else {}
         # Warm up pools and caches, then measure.
         run_wrk(port, conns, 1)
-        sink_before = peer_stats(ports["up"]) if state == "up" else (0, 0)
         workers = pids()
         rss_before = rss_kib(workers)
         cpu_before = cpu_seconds(workers)
@@ -264,20 +280,21 @@ def measure(args, workdir, mode, state, conns, ports, envoy_bin):
         cpu = cpu_seconds(workers) - cpu_before
         rss_after = rss_kib(workers)
         copies = conns_opened = None
-        if state == "up":
+        peer = {}
+        if state in LIVE:
             last = None
-            for _ in range(40):  # let copies in flight land (bounded: 4 s)
-                now = peer_stats(ports["up"])
+            for _ in range(60):  # let copies in flight land (bounded: 6 s)
+                now = peer_stats(ports[state])
                 if now == last:
                     break
                 last = now
                 time.sleep(0.1)
-            copies = last[0] - sink_before[0]
-            conns_opened = last[1] - sink_before[1]
+            peer = {k: v - sink_before.get(k, 0) for k, v in last.items()}
+            copies, conns_opened = peer.get("requests", 0), peer.get("connections", 0)
     finally:
-        proc.stop(signal.SIGQUIT if mode != "envoy" else signal.SIGTERM)
+        proc.stop(signal.SIGQUIT if not mode.startswith("envoy") else signal.SIGTERM)
     r.update(mode=mode, state=state, conns=conns, cpu_s=cpu, cpu_us_per_req=cpu / max(r["requests"], 1) * 1e6,
-             rss_before_kib=rss_before, rss_after_kib=rss_after, copies=copies, mirror_conns=conns_opened)
+             rss_before_kib=rss_before, rss_after_kib=rss_after, copies=copies, mirror_conns=conns_opened, peer=peer)
     if is_async(mode):
         r["counters"] = exit_counters(os.path.join(prefix, "logs/error.log"))
     return r
@@ -287,24 +304,52 @@ def fmt_lat(us):
     return f"{us / 1000:.2f}" if us < 100_000 else f"{us / 1000:.0f}"
 
 
+def copies_per_request(mode):
+    name, sample = split_mode(mode)
+    return 0.0 if name == "none" else (sample / 100 if sample else 1.0)
+
+
+def derive(results):
+    """Per cell: front CPU µs per copy, the module's delivered share, the peer's share."""
+    cpu_none = {r["conns"]: r["cpu_us_per_req"] for r in results if r["mode"] == "none"}
+    for r in results:
+        per = copies_per_request(r["mode"])
+        r["cpu_us_per_copy"] = (r["cpu_us_per_req"] - cpu_none.get(r["conns"], 0)) / per if per else None
+        c = r.get("counters") or {}
+        r["attempted"] = c.get("attempted")
+        r["delivered_share"] = c["ok"] / c["attempted"] if c.get("attempted") else None
+        expected = r["attempted"] if r["attempted"] is not None else r["requests"] * per
+        r["peer_share"] = r["copies"] / expected if r["copies"] is not None and expected else None
+
+
+def pct(v):
+    return "" if v is None else f"{100 * v:.1f} %"
+
+
 def table(results):
-    lines = ["| mode | mirror | conns | req/s | × no-mirror | p50 ms | p99 ms | p99.9 ms | p99 × | CPU µs/req | errors | copies at sink | mirror conns | RSS KiB before→after |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| mode | mirror | conns | req/s | × no-mirror | p50 ms | p99 ms | p99 × | CPU µs/req | CPU µs/copy "
+             "| copies attempted | delivered (module) | received (peer) | mirror conns (h1/h2) | errors | RSS KiB before→after |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         errs = r["err_connect"] + r["err_read"] + r["err_write"] + r["err_status"] + r["err_timeout"]
-        copies = "" if r["copies"] is None else f'{r["copies"]} ({100 * r["copies"] / max(r["requests"], 1):.1f} %)'
+        p = r.get("peer") or {}
+        conns = "" if r["mirror_conns"] is None else (
+            f'{r["mirror_conns"]} ({p.get("h1_connections", r["mirror_conns"])}/{p.get("h2_connections", 0)})')
+        cpc = "" if r.get("cpu_us_per_copy") is None else f'{r["cpu_us_per_copy"]:.1f}'
+        att = "" if r.get("attempted") is None else str(r["attempted"])
         lines.append(
             f'| {r["mode"]} | {r["state"]} | {r["conns"]} | {r["rps"]:.0f} | {r["ratio"]:.2f} | {fmt_lat(r["p50"])} | '
-            f'{fmt_lat(r["p99"])} | {fmt_lat(r["p999"])} | {r["p99_ratio"]:.2f} | {r["cpu_us_per_req"]:.1f} | {errs} | '
-            f'{copies} | {"" if r["mirror_conns"] is None else r["mirror_conns"]} | {r["rss_before_kib"]}→{r["rss_after_kib"]} |')
+            f'{fmt_lat(r["p99"])} | {r["p99_ratio"]:.2f} | {r["cpu_us_per_req"]:.1f} | {cpc} | {att} | '
+            f'{pct(r.get("delivered_share"))} | {"" if r["copies"] is None else r["copies"]} {pct(r.get("peer_share"))} | '
+            f'{conns} | {errs} | {r["rss_before_kib"]}→{r["rss_after_kib"]} |')
     return "\n".join(lines)
 
 
 def svg_chart(results, path):
     """Grouped bars: throughput ratio and p99 ratio to no-mirror, per mode × mirror state (first conns level)."""
     conns = results[0]["conns"]
-    modes = [m for m in ["builtin", "envoy", "async-base", "async"] if any(r["mode"] == m for r in results)]
-    colors = {"builtin": "#d62728", "envoy": "#ff7f0e", "async-base": "#98df8a", "async": "#2ca02c"}
+    modes = [m for m in ["builtin", "envoy", "async-base", "async", "async-h2"] if any(r["mode"] == m for r in results)]
+    colors = {"builtin": "#d62728", "envoy": "#ff7f0e", "async-base": "#98df8a", "async": "#2ca02c", "async-h2": "#1f77b4"}
     cells = {(r["mode"], r["state"]): r for r in results if r["conns"] == conns}
     W, H, pad = 900, 360, 60
     panel_w = (W - 2 * pad) / 2
@@ -348,7 +393,7 @@ def svg_chart(results, path):
                            f'<text x="{gx + mi * bw + bw / 2}" y="{pad + ph - h - 3}" text-anchor="middle" font-size="9">{v:.0f}</text>')
     for mi, mode in enumerate(modes):
         out.append(f'<rect x="{pad + mi * 150}" y="{H - 22}" width="12" height="12" fill="{colors[mode]}"/>'
-                   f'<text x="{pad + mi * 150 + 16}" y="{H - 12}">{ {"builtin": "nginx mirror", "envoy": "Envoy shadow", "async-base": "async_mirror (base)", "async": "async_mirror"}[mode]}</text>')
+                   f'<text x="{pad + mi * 150 + 16}" y="{H - 12}">{ {"builtin": "nginx mirror", "envoy": "Envoy shadow", "async-base": "async_mirror (base)", "async": "async_mirror", "async-h2": "async_mirror h2"}[mode]}</text>')
     out.append("</svg>")
     with open(path, "w") as f:
         f.write("\n".join(out))
@@ -356,15 +401,16 @@ def svg_chart(results, path):
 
 def start_peers(workdir):
     ports = {"backend": free_port(), "up": free_port(), "slow": free_port(), "blackhole": free_port(),
-             "refused": free_port()}
+             "refused": free_port(), "delay": free_port()}
     procs = [Proc([PEERS, "sink", str(ports["up"])]),
              Proc([PEERS, "slow", str(ports["slow"]), "200"]),
+             Proc([PEERS, "delay", str(ports["delay"]), str(DELAY_MS)]),
              Proc([PEERS, "blackhole", str(ports["blackhole"])])]
     prefix, conf = nginx_conf(workdir, "backend",
                               f'client_max_body_size 64m; server {{ listen 127.0.0.1:{ports["backend"]} backlog=4096; '
                               f'location / {{ return 200 "hello\\n"; }} }}', workers=1)
     procs.append(Proc([NGINX, "-p", prefix, "-c", conf, "-e", os.path.join(prefix, "logs/error.log")]))
-    for k in ["backend", "up", "slow"]:
+    for k in ["backend", "up", "slow", "delay"]:
         wait_port(ports[k])
     time.sleep(0.5)  # the black hole fills its accept queue before printing ready
     return ports, procs
@@ -422,17 +468,19 @@ def report(args, results):
     stamp = datetime.datetime.now().strftime("%Y-%m-%d")
     name = stamp + (f"-upload-{args.upload}" if args.upload else "") + os.environ.get("BENCH_TAG", "")
     base = os.path.join(ROOT, "bench", "results", name)
+    derive(results)
     md = table(results)
     cpu_none = {r["conns"]: r["cpu_us_per_req"] for r in results if r["mode"] == "none"}
     extra = []
     for r in results:
-        if is_async(r["mode"]) and r["state"] == "up":
-            extra.append(f'- {r["mode"]} -c{r["conns"]}: CPU per copy ≈ {r["cpu_us_per_req"] - cpu_none[r["conns"]]:.1f} µs '
+        if is_async(r["mode"]) and r["state"] in ("up", "delay"):
+            extra.append(f'- {r["mode"]} {r["state"]} -c{r["conns"]}: CPU per copy ≈ {r["cpu_us_per_copy"]:.1f} µs '
                          f'(front CPU/request {r["cpu_us_per_req"]:.1f} µs with the mirror vs {cpu_none[r["conns"]]:.1f} µs without)')
     machine = f'{os.cpu_count()} cores, {os.uname().release}'
     cmd = f"make bench DURATION={args.duration} CONNS={args.conns}" + (
         f" MODES={args.modes} STATES={args.states}" if args.modes != ",".join(MODES) or args.states != ",".join(STATES) else ""
-    ) + (f" UPLOAD={args.upload}" if args.upload else "") + (f" BASE_MODULE={BASE_MODULE}" if BASE_MODULE else "")
+    ) + (f" UPLOAD={args.upload}" if args.upload else "") + (f" BASE_MODULE={BASE_MODULE}" if BASE_MODULE else "") + (
+        f" DELAY_MS={DELAY_MS}" if "delay" in args.states else "")
     with open(base + ".json", "w") as f:
         json.dump({"date": stamp, "machine": machine, "command": cmd, "results": results}, f, indent=1)
     with open(base + ".md", "w") as f:

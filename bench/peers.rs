@@ -1,8 +1,10 @@
-//! Benchmark peers in one process: a counting mirror sink, a slow mirror, and a
-//! black hole (a listener whose accept queue is full, so connects hang).
+//! Benchmark peers in one process: a counting mirror sink, a slow mirror, a mirror
+//! that is a real service (answers after a fixed service time, HTTP/1.1 and h2c on one
+//! port), and a black hole (a listener whose accept queue is full, so connects hang).
 //!
-//! Usage: peers sink PORT | slow PORT DELAY_MS | blackhole PORT
-//! `GET /__peer_stats` on a sink or slow peer returns `requests=N connections=M`
+//! Usage: peers sink PORT | slow PORT DELAY_MS | delay PORT DELAY_MS | blackhole PORT
+//! `GET /__peer_stats` on a sink, slow or delay peer returns
+//! `requests=N connections=M h1_requests=.. h2_requests=.. h1_connections=.. h2_connections=..`
 //! (not counted itself).
 
 use std::convert::Infallible;
@@ -14,7 +16,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
@@ -24,11 +25,26 @@ use tokio::net::TcpListener;
 struct Stats {
     requests: AtomicU64,
     connections: AtomicU64,
+    h2_requests: AtomicU64,
+    h2_connections: AtomicU64,
+}
+
+impl Stats {
+    fn line(&self) -> String {
+        let (r, c) = (self.requests.load(Ordering::Relaxed), self.connections.load(Ordering::Relaxed));
+        let (r2, c2) =
+            (self.h2_requests.load(Ordering::Relaxed), self.h2_connections.load(Ordering::Relaxed));
+        format!(
+            "requests={r} connections={c} h1_requests={} h2_requests={r2} h1_connections={} h2_connections={c2}\n",
+            r - r2,
+            c.saturating_sub(c2)
+        )
+    }
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: peers sink PORT | slow PORT DELAY_MS | blackhole PORT";
+    let usage = "usage: peers sink PORT | slow PORT DELAY_MS | delay PORT DELAY_MS | blackhole PORT";
     let (mode, port) = match (args.get(1), args.get(2).and_then(|p| p.parse::<u16>().ok())) {
         (Some(m), Some(p)) => (m.clone(), p),
         _ => {
@@ -41,8 +57,10 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     rt.block_on(async move {
         match mode.as_str() {
-            "sink" => serve(addr, Duration::ZERO).await,
-            "slow" => serve(addr, Duration::from_millis(delay_ms)).await,
+            // HTTP/1.1 and h2c on one port, so HTTP/2 cells have a mirror that speaks it.
+            "sink" => serve_auto(addr, Duration::ZERO).await,
+            "slow" => serve_auto(addr, Duration::from_millis(delay_ms)).await,
+            "delay" => serve_auto(addr, Duration::from_millis(delay_ms)).await,
             "blackhole" => blackhole(addr).await,
             _ => {
                 eprintln!("{usage}");
@@ -52,35 +70,47 @@ fn main() {
     });
 }
 
-async fn serve(addr: SocketAddr, delay: Duration) {
+/// A real service: HTTP/1.1 or h2c (prior knowledge) on one port, each answer after
+/// `delay`; requests and connections counted per protocol.
+async fn serve_auto(addr: SocketAddr, delay: Duration) {
     let listener = TcpListener::bind(addr).await.expect("bind");
     let stats = Arc::new(Stats::default());
     println!("ready");
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
-        stats.connections.fetch_add(1, Ordering::Relaxed);
         let stats = stats.clone();
         tokio::spawn(async move {
+            // A connection is counted at its first copy: stats requests are not copies.
+            let counted = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let stats = stats.clone();
+                let (stats, counted) = (stats.clone(), counted.clone());
                 async move {
                     if req.uri().path() == "/__peer_stats" {
-                        let s = format!(
-                            "requests={} connections={}\n",
-                            stats.requests.load(Ordering::Relaxed),
-                            stats.connections.load(Ordering::Relaxed) - 1
-                        );
-                        return Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(s))));
+                        return Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(stats.line()))));
+                    }
+                    let h2 = req.version() == hyper::Version::HTTP_2;
+                    if !counted.swap(true, Ordering::Relaxed) {
+                        stats.connections.fetch_add(1, Ordering::Relaxed);
+                        if h2 {
+                            stats.h2_connections.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                     let _ = req.into_body().collect().await;
                     if !delay.is_zero() {
                         tokio::time::sleep(delay).await;
                     }
                     stats.requests.fetch_add(1, Ordering::Relaxed);
+                    if h2 {
+                        stats.h2_requests.fetch_add(1, Ordering::Relaxed);
+                    }
                     Ok(Response::new(Full::new(Bytes::from_static(b"ok"))))
                 }
             });
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            let mut builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            // nginx's default, so a copy sees what a real server would say.
+            builder.http2().max_concurrent_streams(128);
+            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
         });
     }
 }

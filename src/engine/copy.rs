@@ -18,6 +18,11 @@ use super::outcome::{DropReason, Outcome, Ticket};
 use super::parse::Dest;
 use super::queue::{Backlog, Reservation};
 
+/// Bytes a copy is charged for what it holds besides its captured head while queued or in
+/// flight (its task, the protocol's request and stream state: a few KiB measured), so
+/// `async_mirror_queue_bytes` bounds the memory of copies in flight too.
+pub const COPY_STATE_BYTES: usize = 4096;
+
 /// Per-copy settings, from the location that made the copy.
 #[derive(Debug, Clone, Copy)]
 pub struct CopyOptions {
@@ -100,7 +105,7 @@ impl Admission {
         dest: Option<Dest>,
         body: Option<BodyRx>,
     ) -> Result<Copy, Outcome> {
-        if !self.place.grow(head.weight()) {
+        if !self.place.grow(head.weight() + COPY_STATE_BYTES) {
             return Err(self.end(Outcome::Dropped(DropReason::QueueFull)));
         }
         let Admission { target, ticket, breaker, probe, place, opts } = self;

@@ -160,6 +160,18 @@ impl Pool {
     pub fn connections(&self) -> usize {
         self.conns.lock().map_or(0, |c| c.len())
     }
+
+    /// How many copies may be in flight now: the streams of the open connections plus
+    /// those of one more (assumed as large as the largest, or 100, RFC 9113's floor),
+    /// never more than `max` connections' worth. Copies beyond it stay in the backlog
+    /// instead of waiting in flight for a stream.
+    pub fn budget(&self, max: usize) -> usize {
+        let Ok(conns) = self.conns.lock() else { return 0 };
+        let open: usize = conns.iter().filter(|c| !c.sender.is_closed()).map(|c| c.capacity()).sum();
+        let largest = conns.iter().map(|c| c.capacity()).max().unwrap_or(100);
+        let more = if conns.len() < max { largest } else { 0 };
+        open + more
+    }
 }
 
 /// How an HTTP/2 exchange went wrong.

@@ -221,6 +221,7 @@ async fn dispatch(target: Arc<Target>, mut rx: UnboundedReceiver<Copy>, clock: C
         let Some(copy) = copy else { break };
         // Waiting here keeps the copy in the backlog.
         let Ok(permit) = target.inflight.clone().acquire_owned().await else { break };
+        target.wait_for_room().await;
         let Some(mut copy) = copy.depart(clock.now_ms()) else { continue };
         target.stats.inflight.fetch_add(1, Ordering::Relaxed);
         let t = target.clone();
@@ -246,7 +247,7 @@ mod tests {
         EngineSettings {
             threads: 1,
             queue_size: 1000,
-            queue_bytes: 1 << 20,
+            queue_bytes: 8 << 20,
             client: ClientSettings { keepalive_timeout: Duration::from_secs(60), max_connections },
         }
     }

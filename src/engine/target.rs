@@ -42,6 +42,7 @@ pub struct Target {
     pub breaker: Arc<Breaker>,
     /// Copies in flight; a copy waits for a permit in the backlog.
     pub inflight: Arc<Semaphore>,
+    max_connections: usize,
     limits: Arc<Limits>,
     h1: Pool<http1::Conn>,
     h2: Option<http2::Pool>,
@@ -88,6 +89,7 @@ impl Target {
             stats: Arc::default(),
             breaker: Arc::default(),
             inflight: Arc::new(Semaphore::new(inflight)),
+            max_connections: max,
             h1: Pool::new(limits.clone(), settings.keepalive_timeout),
             h2,
             h1_only: AtomicBool::new(false),
@@ -101,6 +103,23 @@ impl Target {
         self.h1.sweep();
         if let Some(h2) = &self.h2 {
             h2.sweep();
+        }
+    }
+
+    /// Over HTTP/2, waits (in the backlog) until a copy would find a stream or room for
+    /// a connection; a copy in flight that waits for a stream holds far more memory than
+    /// one in the queue. Over HTTP/1.1 the in-flight permit is the whole limit.
+    pub async fn wait_for_room(&self) {
+        let Some(pool) = &self.h2 else { return };
+        let max_connections = self.max_connections;
+        loop {
+            let mut notified = pin!(self.limits.notify.notified());
+            notified.as_mut().enable();
+            let inflight = self.stats.inflight.load(Ordering::Relaxed).max(0) as usize;
+            if self.h1_only.load(Ordering::Relaxed) || inflight < pool.budget(max_connections) {
+                return;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(10), notified).await;
         }
     }
 
