@@ -8,7 +8,7 @@
 //! many pending connects until its breaker opens. Copies that find nothing free wait
 //! for a connection or a stream to come back, within their `async_mirror_timeout`.
 
-use std::pin::pin;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -50,6 +50,9 @@ pub struct Target {
     h1_only: AtomicBool,
     log: Arc<LogQueue>,
 }
+
+/// A registration for the target's next "a connection or stream may be free".
+type Waiter<'a> = Pin<Box<tokio::sync::futures::Notified<'a>>>;
 
 /// How a copy's delivery ended without a response.
 enum Miss {
@@ -112,15 +115,28 @@ impl Target {
     pub async fn wait_for_room(&self) {
         let Some(pool) = &self.h2 else { return };
         let max_connections = self.max_connections;
+        let mut waiter: Option<Waiter<'_>> = None;
         loop {
-            let mut notified = pin!(self.limits.notify.notified());
-            notified.as_mut().enable();
             let inflight = self.stats.inflight.load(Ordering::Relaxed).max(0) as usize;
             if self.h1_only.load(Ordering::Relaxed) || inflight < pool.budget(max_connections) {
                 return;
             }
-            let _ = tokio::time::timeout(Duration::from_millis(10), notified).await;
+            match waiter.take() {
+                None => waiter = Some(self.arm()),
+                Some(mut n) => {
+                    let _ = tokio::time::timeout(Duration::from_millis(10), n.as_mut()).await;
+                }
+            }
         }
+    }
+
+    /// Registers for the next wake-up. A copy registers only when it is about to wait, and
+    /// looks again before it does, so a wake-up is neither missed nor taken by a copy
+    /// that is busy with its exchange.
+    fn arm(&self) -> Waiter<'_> {
+        let mut n = Box::pin(self.limits.notify.notified());
+        n.as_mut().enable();
+        n
     }
 
     /// Connections open now, over every protocol.
@@ -199,9 +215,8 @@ impl Target {
     ) -> Result<MirrorResponse, Miss> {
         // After a pooled connection turned out closed, the copy goes out on a fresh one.
         let mut fresh_only = false;
+        let mut waiter: Option<Waiter<'_>> = None;
         loop {
-            let mut notified = pin!(self.limits.notify.notified());
-            notified.as_mut().enable();
             // Leave to connect first: a place for a connection is only taken to use it.
             let permit = self.limits.try_connect();
             match self.h1.checkout(&job.key, permit.is_some()) {
@@ -231,7 +246,10 @@ impl Target {
                 }
                 Checkout::Full => drop(permit),
             }
-            self.wait(notified, job, now_ms).await?;
+            match waiter.take() {
+                None => waiter = Some(self.arm()),
+                Some(mut n) => self.wait(n.as_mut(), job, now_ms).await?,
+            }
         }
     }
 
@@ -269,9 +287,8 @@ impl Target {
             return Err(Failure::new(FailReason::Connect, "no HTTP/2 pool").into());
         };
         let mut resent = false;
+        let mut waiter: Option<Waiter<'_>> = None;
         loop {
-            let mut notified = pin!(self.limits.notify.notified());
-            notified.as_mut().enable();
             let lease = match pool.lease(&job.key) {
                 Some(lease) => lease,
                 None => match self.limits.try_connect().and_then(|p| Some((self.limits.try_slot()?, p))) {
@@ -290,7 +307,10 @@ impl Target {
                         }
                     }
                     None => {
-                        self.wait(notified, job, now_ms).await?;
+                        match waiter.take() {
+                            None => waiter = Some(self.arm()),
+                            Some(mut n) => self.wait(n.as_mut(), job, now_ms).await?,
+                        }
                         continue;
                     }
                 },
