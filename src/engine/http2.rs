@@ -75,11 +75,18 @@ pub async fn handshake(
         .handshake(TokioIo::new(io))
         .await
         .map_err(|e| Failure::new(FailReason::Connect, format!("HTTP/2 handshake with {who} failed: {e}")))?;
+    let ended = preface.clone();
     tokio::spawn(async move {
         let _ = conn.await;
+        ended.connection_ended();
     });
-    let deadline = Instant::now() + limit;
-    while !preface.is_http2() {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let mut changed = std::pin::pin!(preface.changed());
+        changed.as_mut().enable();
+        if preface.is_http2() {
+            break;
+        }
         if let Some(first) = preface.not_http2() {
             return Err(Failure::new(
                 FailReason::Connect,
@@ -88,10 +95,9 @@ pub async fn handshake(
                 ),
             ));
         }
-        if sender.is_closed() || Instant::now() >= deadline {
+        if sender.is_closed() || tokio::time::timeout_at(deadline, changed).await.is_err() {
             return Err(Failure::new(FailReason::Connect, format!("no HTTP/2 preface from {who}")));
         }
-        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     Ok(Conn { sender, key, active: AtomicUsize::new(0), preface, last_used: AtomicU64::new(0), _slot: slot })
 }
@@ -155,10 +161,6 @@ impl Pool {
                 !c.sender.is_closed() && !idle
             });
         }
-    }
-
-    pub fn connections(&self) -> usize {
-        self.conns.lock().map_or(0, |c| c.len())
     }
 
     /// How many copies may be in flight now: the streams of the open connections plus

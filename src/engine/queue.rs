@@ -75,9 +75,7 @@ impl Reservation {
         self.bytes += bytes;
         true
     }
-}
 
-impl Reservation {
     /// The copy left the queue: its job slot is free, its bytes stay charged.
     pub fn leave_queue(&mut self) {
         if std::mem::take(&mut self.queued) {

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
 
 const HTTP2: u8 = 1;
 const NOT_HTTP2: u8 = 2;
@@ -27,6 +29,8 @@ pub struct Preface {
     max_streams: AtomicUsize,
     /// The first bytes of a peer that is not HTTP/2, for the error log.
     not_h2: Mutex<Vec<u8>>,
+    /// Signalled when the verdict is in, or the connection is gone.
+    changed: Notify,
 }
 
 impl Preface {
@@ -49,6 +53,16 @@ impl Preface {
 
     pub fn is_http2(&self) -> bool {
         self.state.load(Ordering::Acquire) == HTTP2
+    }
+
+    /// Wakes whoever waits for the verdict: the connection ended without one.
+    pub fn connection_ended(&self) {
+        self.changed.notify_waiters();
+    }
+
+    /// A registration for the next change; register, then look, then wait.
+    pub fn changed(&self) -> Notified<'_> {
+        self.changed.notified()
     }
 
     /// Feeds the first bytes the server sent; `true` once the verdict is in.
@@ -76,6 +90,7 @@ impl Preface {
             }
         }
         self.state.store(HTTP2, Ordering::Release);
+        self.changed.notify_waiters();
         true
     }
 
@@ -84,6 +99,7 @@ impl Preface {
             *b = first[..first.len().min(120)].to_vec();
         }
         self.state.store(NOT_HTTP2, Ordering::Release);
+        self.changed.notify_waiters();
         true
     }
 }
