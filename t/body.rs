@@ -4,64 +4,9 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::process::Command;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::*;
-use sha2::{Digest, Sha256};
-
-fn sha(b: &[u8]) -> [u8; 32] {
-    Sha256::digest(b).into()
-}
-
-/// Deterministic, non-repeating test data.
-fn data(len: usize) -> Vec<u8> {
-    let mut x: u32 = 0x1234_5678;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
-fn post(port: u16, path: &str, body: &[u8], chunked: bool) -> Response {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let head = if chunked {
-        format!("POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
-    } else {
-        format!(
-            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        )
-    };
-    s.write_all(head.as_bytes()).unwrap();
-    if chunked {
-        for piece in body.chunks(7000) {
-            s.write_all(format!("{:x}\r\n", piece.len()).as_bytes()).unwrap();
-            s.write_all(piece).unwrap();
-            s.write_all(b"\r\n").unwrap();
-        }
-        s.write_all(b"0\r\n\r\n").unwrap();
-    } else {
-        s.write_all(body).unwrap();
-    }
-    let started = Instant::now();
-    let raw = {
-        let mut out = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut s, &mut out);
-        out
-    };
-    let st = statuses(&raw);
-    Response {
-        status: st.first().copied().unwrap_or(0),
-        headers: vec![],
-        body: raw,
-        elapsed: started.elapsed(),
-    }
-}
 
 #[test]
 fn bodies_arrive_byte_exact() {

@@ -3,11 +3,7 @@
 //! connections at the server's stream limit, GOAWAY, refused streams, ALPN fallback,
 //! bodies, gRPC).
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
-
-use sha2::{Digest, Sha256};
 
 use crate::common::*;
 
@@ -173,46 +169,15 @@ fn an_http1_server_behind_http_version_2_fails_clearly() {
     assert!(log.contains("does not speak HTTP/2"), "{log}");
 }
 
-fn sha(b: &[u8]) -> [u8; 32] {
-    Sha256::digest(b).into()
-}
-
-/// POSTs on a fresh connection (Content-Length or chunked); returns the status.
-fn post(port: u16, path: &str, body: &[u8], chunked: bool) -> u16 {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let head = if chunked {
-        format!("POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
-    } else {
-        format!(
-            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        )
-    };
-    s.write_all(head.as_bytes()).unwrap();
-    if chunked {
-        for part in body.chunks(7000) {
-            s.write_all(format!("{:x}\r\n", part.len()).as_bytes()).unwrap();
-            s.write_all(part).unwrap();
-            s.write_all(b"\r\n").unwrap();
-        }
-        s.write_all(b"0\r\n\r\n").unwrap();
-    } else {
-        s.write_all(body).unwrap();
-    }
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    statuses(&out).first().copied().unwrap_or(0)
-}
-
 #[test]
 fn bodies_arrive_byte_exact_over_http2() {
     let peer = H2Peer::start(H2Options::default());
     let url = peer.url();
     let locations = format!("location / {{ async_mirror {url}; {H2} {PROXY} }}");
     let ng = Nginx::start("h2bodies", 1, "", &front(&locations, ""));
-    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    assert_eq!(post(ng.port, "/cl", &data, false), 200);
-    assert_eq!(post(ng.port, "/chunked", &data[..123_457], true), 200);
+    let data = data(300_000);
+    assert_eq!(post(ng.port, "/cl", &data, false).status, 200);
+    assert_eq!(post(ng.port, "/chunked", &data[..123_457], true).status, 200);
     assert!(wait_until(Duration::from_secs(10), || peer.count() == 2));
     let got = peer.requests();
     let cl = got.iter().find(|r| r.uri == "/cl").unwrap();

@@ -314,12 +314,17 @@ mod tests {
         (port, conns)
     }
 
+    /// An engine with one target, `http://127.0.0.1:PORT`.
+    fn engine_for(port: u16, max_connections: usize) -> (Engine, TargetId) {
+        let mut specs = Table::default();
+        let id = specs.push(parse_target(&format!("http://127.0.0.1:{port}")).unwrap());
+        (Engine::start(settings(max_connections), &specs, || {}).unwrap(), id)
+    }
+
     #[test]
     fn a_live_target_gets_every_copy_over_few_connections() {
         let (port, conns) = sink();
-        let mut specs = Table::default();
-        let id = specs.push(parse_target(&format!("http://127.0.0.1:{port}")).unwrap());
-        let engine = Engine::start(settings(8), &specs, || {}).unwrap();
+        let (engine, id) = engine_for(port, 8);
         submit_all(&engine, id, 300);
         let ok = settled(&engine, id, 300, Duration::from_secs(10));
         let (_, _, stats) = engine.targets().next().unwrap();
@@ -331,9 +336,7 @@ mod tests {
     #[test]
     fn a_refused_target_ends_every_copy() {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut specs = Table::default();
-        let id = specs.push(parse_target(&format!("http://127.0.0.1:{port}")).unwrap());
-        let engine = Engine::start(settings(128), &specs, || {}).unwrap();
+        let (engine, id) = engine_for(port, 128);
         submit_all(&engine, id, 30);
         let ok = settled(&engine, id, 30, Duration::from_secs(5));
         let (_, _, stats) = engine.targets().next().unwrap();

@@ -15,6 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use sha2::{Digest, Sha256};
+
 /// The nginx binary: `TEST_NGINX_BINARY`, else the one nginx-sys built for this module.
 pub fn nginx_binary() -> PathBuf {
     if let Ok(p) = std::env::var("TEST_NGINX_BINARY") {
@@ -748,6 +750,63 @@ fn status_sums_workers_and_survives_reload() {
         "counters lost across reload: {m:?}"
     );
     ng.quit();
+}
+
+/// SHA-256 of a body, for byte-exact comparisons.
+pub fn sha(b: &[u8]) -> [u8; 32] {
+    Sha256::digest(b).into()
+}
+
+/// Deterministic, non-repeating test data.
+pub fn data(len: usize) -> Vec<u8> {
+    let mut x: u32 = 0x1234_5678;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// POSTs `body` on a fresh connection, with Content-Length or chunked (7000-byte chunks),
+/// and reads until the server closes.
+pub fn post(port: u16, path: &str, body: &[u8], chunked: bool) -> Response {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let head = if chunked {
+        format!("POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+    } else {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+    };
+    s.write_all(head.as_bytes()).unwrap();
+    if chunked {
+        for piece in body.chunks(7000) {
+            s.write_all(format!("{:x}\r\n", piece.len()).as_bytes()).unwrap();
+            s.write_all(piece).unwrap();
+            s.write_all(b"\r\n").unwrap();
+        }
+        s.write_all(b"0\r\n\r\n").unwrap();
+    } else {
+        s.write_all(body).unwrap();
+    }
+    let started = Instant::now();
+    let raw = {
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        out
+    };
+    let st = statuses(&raw);
+    Response {
+        status: st.first().copied().unwrap_or(0),
+        headers: vec![],
+        body: raw,
+        elapsed: started.elapsed(),
+    }
 }
 
 /// Distinct values, for connection-id checks.
