@@ -6,6 +6,7 @@ mod common;
 
 mod body;
 mod capacity;
+mod compare;
 mod conf_errors;
 mod hostile;
 mod mirror;

@@ -17,6 +17,7 @@ use super::job::RequestHead;
 use super::outcome::{DropReason, Outcome, Ticket};
 use super::parse::Dest;
 use super::queue::{Backlog, Reservation};
+use super::shadow::CompareJob;
 
 /// Bytes a copy is charged for what it holds besides its captured head while queued or in
 /// flight (its task, the protocol's request and stream state: a few KiB measured), so
@@ -109,7 +110,7 @@ impl Admission {
             return Err(self.end(Outcome::Dropped(DropReason::QueueFull)));
         }
         let Admission { target, ticket, breaker, probe, place, opts } = self;
-        Ok(Copy { target, head, dest, body, opts, ticket, breaker, probe, place: Some(place) })
+        Ok(Copy { target, head, dest, body, opts, compare: None, ticket, breaker, probe, place: Some(place) })
     }
 
     /// Ends a copy that could not be captured after all.
@@ -131,6 +132,8 @@ pub struct Copy {
     pub dest: Option<Dest>,
     pub body: Option<BodyRx>,
     pub opts: CopyOptions,
+    /// Set when the location compares responses.
+    pub compare: Option<CompareJob>,
     ticket: Ticket,
     breaker: Arc<Breaker>,
     probe: Option<Probe>,
@@ -151,6 +154,18 @@ impl Copy {
             return None;
         }
         Some(self)
+    }
+
+    /// A held copy (admitted with a deferred ticket) the primary's status lets go.
+    pub fn confirm(&mut self) {
+        self.ticket.confirm();
+    }
+
+    /// A held copy the primary's status stops: not a copy, nothing counted; its place
+    /// and probe are given back.
+    pub fn discard(self) {
+        let Copy { ticket, .. } = self;
+        ticket.discard();
     }
 
     /// Whether this copy is the breaker's probe (it goes even while the breaker is open).

@@ -7,8 +7,10 @@
 
 pub mod body;
 pub mod breaker;
+pub mod compare;
 pub mod connect;
 pub mod copy;
+pub mod difflog;
 pub mod http1;
 pub mod http2;
 pub mod ids;
@@ -21,11 +23,13 @@ pub mod queue;
 pub mod response;
 pub mod runtime;
 pub mod sample;
+pub mod shadow;
 pub mod sniff;
 pub mod status;
 pub mod target;
 pub mod tls;
 pub mod url;
+pub mod verdict;
 
 pub use breaker::BreakerSettings;
 pub use copy::CopyOptions;

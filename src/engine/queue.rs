@@ -84,6 +84,38 @@ impl Reservation {
     }
 }
 
+/// Bytes held outside a copy's own place (a response kept for comparison), given back on drop.
+#[derive(Debug)]
+pub struct Charge {
+    backlog: Arc<Backlog>,
+    bytes: usize,
+}
+
+impl Charge {
+    pub fn new(backlog: &Arc<Backlog>) -> Charge {
+        Charge { backlog: backlog.clone(), bytes: 0 }
+    }
+
+    pub fn backlog(&self) -> Arc<Backlog> {
+        self.backlog.clone()
+    }
+
+    /// `false` (nothing taken) when the budget has no room.
+    pub fn grow(&mut self, bytes: usize) -> bool {
+        if !self.backlog.take_bytes(bytes) {
+            return false;
+        }
+        self.bytes += bytes;
+        true
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.backlog.give_bytes(self.bytes);
+    }
+}
+
 impl Drop for Reservation {
     fn drop(&mut self) {
         self.backlog.bytes.fetch_sub(self.bytes, Ordering::AcqRel);

@@ -12,19 +12,24 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use super::body::{self, BodyRx, BodyTx};
 use super::copy::{self, Admission, Copy, CopyOptions};
 use super::ids::{Table, TargetId};
+use super::difflog::DiffLog;
 use super::logq::LogQueue;
+use super::shadow::Report;
+use super::verdict::EndpointCounts;
 use super::outcome::{DropReason, Outcome, TargetStats, Ticket};
 use super::parse::TargetSpec;
-use super::queue::Backlog;
+use super::queue::{Backlog, Charge};
 use super::target::{ClientSettings, Target};
 
 /// Worker-wide settings from the http-level directives.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct EngineSettings {
     pub threads: usize,
     pub queue_size: usize,
     pub queue_bytes: usize,
     pub client: ClientSettings,
+    /// Lines per second of each `async_mirror_compare_log`.
+    pub compare_logs: Vec<u32>,
 }
 
 /// A target and the channel to its dispatcher.
@@ -39,6 +44,7 @@ pub struct Engine {
     lanes: Table<TargetId, Lane>,
     backlog: Arc<Backlog>,
     log: Arc<LogQueue>,
+    difflog: Arc<DiffLog>,
     clock: Clock,
 }
 
@@ -80,17 +86,18 @@ impl Engine {
             .enable_time()
             .build()?;
         let log = Arc::new(LogQueue::new(specs.len()));
+        let difflog = Arc::new(DiffLog::new(&settings.compare_logs));
+        let backlog = Backlog::new(settings.queue_size, settings.queue_bytes);
         let clock = Clock(Instant::now());
         let mut lanes = Table::default();
         for (id, spec) in specs.iter() {
             let target = Arc::new(Target::new(id, spec.clone(), settings.client, log.clone()));
             let (tx, rx) = unbounded_channel();
-            runtime.spawn(dispatch(target.clone(), rx, clock));
+            runtime.spawn(dispatch(target.clone(), rx, clock, difflog.clone(), backlog.clone()));
             let lane_id = lanes.push(Lane { target, tx: Some(tx) });
             debug_assert_eq!(lane_id, id);
         }
-        let backlog = Backlog::new(settings.queue_size, settings.queue_bytes);
-        Ok(Engine { runtime: Some(runtime), lanes, backlog, log, clock })
+        Ok(Engine { runtime: Some(runtime), lanes, backlog, log, difflog, clock })
     }
 
     pub fn targets(&self) -> impl Iterator<Item = (TargetId, &TargetSpec, &TargetStats)> {
@@ -109,11 +116,26 @@ impl Engine {
         &self.log
     }
 
+    pub fn difflog(&self) -> &DiffLog {
+        &self.difflog
+    }
+
+    /// Comparison counters of target `id`; `None` while a runtime thread updates them.
+    pub fn verdicts(&self, id: TargetId) -> Option<Vec<EndpointCounts>> {
+        self.lanes.get(id).and_then(|l| l.target.verdicts.try_snapshot())
+    }
+
+    /// The worker's byte budget, for what the nginx thread holds for comparisons.
+    pub fn backlog(&self) -> &Arc<Backlog> {
+        &self.backlog
+    }
+
     pub fn spec(&self, id: TargetId) -> Option<&TargetSpec> {
         self.lanes.get(id).map(|l| &l.target.spec)
     }
 
-    /// The one admission path for a copy to target `id`; see [`copy::admit`].
+    /// The one admission path for a copy to target `id`; see [`copy::admit`]. A `held`
+    /// copy waits for the primary's status and is counted only once it goes.
     ///
     /// # Errors
     /// The outcome of a copy that does not go, already counted.
@@ -122,9 +144,11 @@ impl Engine {
         id: TargetId,
         early: Result<(), Outcome>,
         opts: CopyOptions,
+        held: bool,
     ) -> Result<Admission, Outcome> {
         let Some(lane) = self.lanes.get(id) else { return Err(Outcome::Dropped(DropReason::Shutdown)) };
-        let ticket = Ticket::new(lane.target.stats.clone());
+        let stats = lane.target.stats.clone();
+        let ticket = if held { Ticket::deferred(stats) } else { Ticket::new(stats) };
         copy::admit(id, ticket, &lane.target.breaker, &self.backlog, early, opts, self.clock.now_ms())
     }
 
@@ -191,7 +215,7 @@ impl Drop for Engine {
 const BATCH: Duration = Duration::from_millis(1);
 const IDLE: Duration = Duration::from_millis(100);
 
-async fn dispatch(target: Arc<Target>, mut rx: UnboundedReceiver<Copy>, clock: Clock) {
+async fn dispatch(target: Arc<Target>, mut rx: UnboundedReceiver<Copy>, clock: Clock, difflog: Arc<DiffLog>, backlog: Arc<Backlog>) {
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
     let mut busy_until: Option<Instant> = None;
     loop {
@@ -225,13 +249,39 @@ async fn dispatch(target: Arc<Target>, mut rx: UnboundedReceiver<Copy>, clock: C
         let Some(mut copy) = copy.depart(clock.now_ms()) else { continue };
         target.stats.inflight.fetch_add(1, Ordering::Relaxed);
         let t = target.clone();
+        let difflog = difflog.clone();
+        let backlog = backlog.clone();
         tokio::spawn(async move {
             let started = Instant::now();
-            let outcome = t.deliver(&mut copy, move || clock.now_ms()).await;
+            let keep = copy.compare.as_ref().map_or(0, |c| c.settings.max_body);
+            let (outcome, resp) = t.deliver(&mut copy, keep, move || clock.now_ms()).await;
             t.stats.observe(started.elapsed());
             t.stats.inflight.fetch_sub(1, Ordering::Relaxed);
+            let compare = copy.compare.take();
+            let timeout = copy.opts.timeout;
+            let (method, uri) = (copy.head.method.clone(), copy.head.request_uri.clone());
             copy.finish(outcome);
             drop(permit);
+            if let Some(job) = compare {
+                let uri = String::from_utf8_lossy(&uri);
+                let report = Report {
+                    stats: &t.verdicts,
+                    log: &difflog,
+                    target: &t.spec.url,
+                    method: method.as_str(),
+                    uri: &uri,
+                };
+                // The kept body is charged while it waits; with no room it is not compared.
+                let mut resp = resp;
+                let mut charge = Charge::new(&backlog);
+                if let Some(r) = resp.as_mut() {
+                    if !charge.grow(r.body.len()) {
+                        r.body = bytes::Bytes::new();
+                    }
+                }
+                job.settle(resp, started + timeout, report).await;
+                drop(charge);
+            }
         });
     }
 }
@@ -249,6 +299,7 @@ mod tests {
             queue_size: 1000,
             queue_bytes: 8 << 20,
             client: ClientSettings { keepalive_timeout: Duration::from_secs(60), max_connections },
+            compare_logs: Vec::new(),
         }
     }
 
@@ -263,7 +314,7 @@ mod tests {
         let head =
             Arc::new(RequestHead::capture(b"GET", b"/", none.into_iter(), &HeaderEdits::default()).unwrap());
         for _ in 0..n {
-            if let Ok(a) = engine.admit(id, Ok(()), OPTS) {
+            if let Ok(a) = engine.admit(id, Ok(()), OPTS, false) {
                 if let Ok(copy) = a.into_copy(head.clone(), None, None) {
                     let _ = engine.submit(copy);
                 }

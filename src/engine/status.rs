@@ -3,7 +3,9 @@
 
 use std::fmt::Write;
 
+use super::difflog::LINE_RESULTS;
 use super::outcome::{BUCKETS_MS, CounterVec, Outcome, slot};
+use super::verdict::{EndpointCounts, Side, Verdict};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TargetSnapshot {
@@ -14,6 +16,8 @@ pub struct TargetSnapshot {
     pub breaker_open: i64,
     /// Connections open to the target now, over all workers.
     pub connections: i64,
+    /// Comparison verdicts and differing fields, by endpoint.
+    pub compare: Vec<EndpointCounts>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -23,6 +27,8 @@ pub struct Snapshot {
     pub queue_bytes: i64,
     /// Whether these are sums over all workers (a zone is configured) or one worker's.
     pub shared: bool,
+    /// Mismatch log lines: written, suppressed, failed.
+    pub log_lines: [u64; 3],
 }
 
 /// Label values escaped per the text format: backslash, double quote and newline.
@@ -58,6 +64,8 @@ enum Series {
     PerTarget(fn(&TargetSnapshot, &mut Vec<Sample>)),
     /// One unlabelled sample for the worker(s).
     Global(fn(&Snapshot) -> i64),
+    /// Labelled samples for the worker(s).
+    GlobalMany(fn(&Snapshot, &mut Vec<Sample>)),
 }
 
 struct Family {
@@ -145,6 +153,53 @@ const FAMILIES: &[Family] = &[
             out.push(("_count", String::new(), count.to_string()));
         }),
     },
+    Family {
+        name: "comparisons_total",
+        kind: "counter",
+        help: "Compared copies, by target, endpoint, verdict and reason.",
+        series: Series::PerTarget(|t, out| {
+            for e in &t.compare {
+                for v in Verdict::ALL {
+                    let reason = match v.reason() {
+                        "" => String::new(),
+                        r => format!(",reason=\"{r}\""),
+                    };
+                    let labels = format!(",endpoint=\"{}\",verdict=\"{}\"{reason}", label(&e.name), v.label());
+                    out.push(("", labels, e.verdicts[v.slot()].to_string()));
+                }
+            }
+        }),
+    },
+    Family {
+        name: "differences_total",
+        kind: "counter",
+        help: "Fields that differed from the primary's, by target, endpoint, field and side.",
+        series: Series::PerTarget(|t, out| {
+            for e in &t.compare {
+                for (field, counts) in &e.fields {
+                    for side in Side::ALL {
+                        let labels = format!(
+                            ",endpoint=\"{}\",field=\"{}\",side=\"{}\"",
+                            label(&e.name),
+                            label(field),
+                            side.label()
+                        );
+                        out.push(("", labels, counts[side as usize].to_string()));
+                    }
+                }
+            }
+        }),
+    },
+    Family {
+        name: "compare_log_lines_total",
+        kind: "counter",
+        help: "Mismatch log lines, by result.",
+        series: Series::GlobalMany(|s, out| {
+            for (i, r) in LINE_RESULTS.iter().enumerate() {
+                out.push(("", format!("result=\"{r}\""), s.log_lines[i].to_string()));
+            }
+        }),
+    },
 ];
 
 pub fn prometheus(s: &Snapshot) -> String {
@@ -156,6 +211,14 @@ pub fn prometheus(s: &Snapshot) -> String {
         match f.series {
             Series::Global(value) => {
                 let _ = writeln!(o, "{name} {}", value(s));
+            }
+            Series::GlobalMany(fill) => {
+                samples.clear();
+                fill(s, &mut samples);
+                for (suffix, labels, value) in &samples {
+                    let labels = labels.trim_start_matches(',');
+                    let _ = writeln!(o, "{name}{suffix}{{{labels}}} {value}");
+                }
             }
             Series::PerTarget(fill) => {
                 for t in &s.targets {
@@ -202,9 +265,32 @@ pub fn json(s: &Snapshot) -> String {
         let count = t.counters[slot::DURATION_COUNT];
         let mean_ms =
             if count > 0 { t.counters[slot::DURATION_SUM_US] as f64 / count as f64 / 1000.0 } else { 0.0 };
-        let _ = write!(o, "}},\"duration_count\":{count},\"duration_mean_ms\":{mean_ms:.3}}}");
+        let _ = write!(o, "}},\"duration_count\":{count},\"duration_mean_ms\":{mean_ms:.3},\"comparisons\":[");
+        for (k, e) in t.compare.iter().enumerate() {
+            let _ = write!(o, "{}{{\"endpoint\":{},\"verdicts\":{{", if k > 0 { "," } else { "" }, json_str(&e.name));
+            for (i, v) in Verdict::ALL.iter().enumerate() {
+                let _ = write!(o, "{}\"{}\":{}", if i > 0 { "," } else { "" }, v.key(), e.verdicts[i]);
+            }
+            o.push_str("},\"fields\":[");
+            for (i, (f, c)) in e.fields.iter().enumerate() {
+                let _ = write!(
+                    o,
+                    "{}{{\"field\":{},\"candidate\":{},\"baseline\":{}}}",
+                    if i > 0 { "," } else { "" },
+                    json_str(f),
+                    c[0],
+                    c[1]
+                );
+            }
+            o.push_str("]}");
+        }
+        o.push_str("]}");
     }
-    o.push_str("]}\n");
+    let _ = write!(
+        o,
+        "],\"compare_log_lines\":{{\"written\":{},\"suppressed\":{},\"failed\":{}}}}}\n",
+        s.log_lines[0], s.log_lines[1], s.log_lines[2]
+    );
     o
 }
 
@@ -230,10 +316,16 @@ mod tests {
                 inflight: 1,
                 breaker_open: 0,
                 connections: 2,
+                compare: vec![EndpointCounts {
+                    name: "/api".into(),
+                    verdicts: [5, 1, 0, 0, 0, 0, 0, 0, 1],
+                    fields: vec![("json:$.a\"".into(), [1, 0])],
+                }],
             }],
             queue_jobs: 2,
             queue_bytes: 300,
             shared: true,
+            log_lines: [1, 2, 0],
         }
     }
 

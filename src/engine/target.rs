@@ -19,6 +19,7 @@ use super::body::{self, CopyBody};
 use super::breaker::Breaker;
 use super::connect::{self, Alpn};
 use super::copy::{Copy, CopyOptions};
+use super::verdict::VerdictStats;
 use super::http1::{self, ExchangeError};
 use super::http2;
 use super::ids::TargetId;
@@ -40,6 +41,8 @@ pub struct Target {
     pub spec: TargetSpec,
     pub stats: Arc<TargetStats>,
     pub breaker: Arc<Breaker>,
+    /// Comparison verdicts, by endpoint and field.
+    pub verdicts: VerdictStats,
     /// Copies in flight; a copy waits for a permit in the backlog.
     pub inflight: Arc<Semaphore>,
     max_connections: usize,
@@ -74,6 +77,8 @@ struct Job<'a> {
     opts: CopyOptions,
     probe: bool,
     deadline: Instant,
+    /// Response body bytes to keep (for comparison).
+    keep: usize,
 }
 
 impl Target {
@@ -91,6 +96,7 @@ impl Target {
             spec,
             stats: Arc::default(),
             breaker: Arc::default(),
+            verdicts: VerdictStats::default(),
             inflight: Arc::new(Semaphore::new(inflight)),
             max_connections: max,
             h1: Pool::new(limits.clone(), settings.keepalive_timeout),
@@ -144,18 +150,25 @@ impl Target {
         self.limits.open()
     }
 
-    /// Sends one departed copy, reads the whole response, tells the breaker and
-    /// returns the copy's outcome (the caller holds an in-flight permit).
-    pub async fn deliver(&self, copy: &mut Copy, now_ms: impl Fn() -> u64) -> Outcome {
+    /// Sends one departed copy, reads the whole response (keeping `keep` body bytes),
+    /// tells the breaker and returns the copy's outcome and, when the mirror answered,
+    /// its response (the caller holds an in-flight permit).
+    pub async fn deliver(
+        &self,
+        copy: &mut Copy,
+        keep: usize,
+        now_ms: impl Fn() -> u64,
+    ) -> (Outcome, Option<MirrorResponse>) {
         let state = copy.body.as_ref().map(|b| b.state.clone());
         let body = copy.body.take().map_or_else(body::empty, body::BodyRx::boxed);
         let opts = copy.opts;
         let (dest, key) = match (copy.dest.as_ref(), self.spec.dest.as_ref()) {
             (Some(d), _) => (d, Some((d.url.host.clone(), d.url.port))),
             (None, Some(d)) => (d, None),
-            (None, None) => return Outcome::Failed(FailReason::Connect),
+            (None, None) => return (Outcome::Failed(FailReason::Connect), None),
         };
-        let job = Job { dest, key, opts, probe: copy.is_probe(), deadline: Instant::now() + opts.timeout };
+        let deadline = Instant::now() + opts.timeout;
+        let job = Job { dest, key, opts, probe: copy.is_probe(), deadline, keep };
         let result = if self.h2.is_some() && !self.h1_only.load(Ordering::Relaxed) {
             // Without a body, a stream the server did not process can be sent again.
             let again = state.is_none().then(|| copy.head.clone());
@@ -165,15 +178,18 @@ impl Target {
         };
         // A body that ended early decides the outcome and says nothing about the mirror.
         if let Some(why) = state.and_then(|s| s.aborted()) {
-            return why.outcome();
+            return (why.outcome(), None);
         }
-        match result {
+        let resp = match result {
             Ok(resp) => {
                 self.breaker.success();
-                resp.outcome()
+                return (resp.outcome(), Some(resp));
             }
-            Err(Miss::BreakerOpen) => Outcome::Dropped(DropReason::BreakerOpen),
-            Err(Miss::Failed(Failure { reason, detail })) => {
+            Err(e) => e,
+        };
+        let outcome = match resp {
+            Miss::BreakerOpen => Outcome::Dropped(DropReason::BreakerOpen),
+            Miss::Failed(Failure { reason, detail }) => {
                 let outcome = Outcome::Failed(reason);
                 self.log.push(self.id, || format!("copy failed ({outcome}): {detail}"));
                 if self.breaker.failure(now_ms(), opts.breaker) {
@@ -184,7 +200,8 @@ impl Target {
                 }
                 outcome
             }
-        }
+        };
+        (outcome, None)
     }
 
     /// Waits until a connection or stream may be free; `Err` when the copy should stop.
@@ -224,7 +241,7 @@ impl Target {
                     drop(permit);
                     // A pooled connection the mirror closed meanwhile fails before anything is
                     // sent; hyper hands the request back.
-                    match Box::pin(self.exchange_h1(conn, req, job.opts)).await {
+                    match Box::pin(self.exchange_h1(conn, req, job)).await {
                         Err(ExchangeError::Stale(back)) => {
                             req = *back;
                             fresh_only = true;
@@ -241,7 +258,7 @@ impl Target {
                     let conn = self.connect_h1(job, slot).await;
                     drop(permit);
                     self.limits.notify.notify_waiters();
-                    return settle(Box::pin(self.exchange_h1(conn?, req, job.opts)).await)
+                    return settle(Box::pin(self.exchange_h1(conn?, req, job)).await)
                         .map_err(Miss::from);
                 }
                 Checkout::Full => drop(permit),
@@ -267,9 +284,9 @@ impl Target {
         &self,
         mut conn: Pooled<http1::Conn>,
         req: http::Request<CopyBody>,
-        opts: CopyOptions,
+        job: &Job<'_>,
     ) -> Result<MirrorResponse, ExchangeError> {
-        let (resp, reusable) = http1::exchange(&mut conn.conn, req, opts.timeout, 0).await?;
+        let (resp, reusable) = http1::exchange(&mut conn.conn, req, job.opts.timeout, job.keep).await?;
         if reusable {
             self.h1.checkin(conn);
         }
@@ -301,7 +318,7 @@ impl Target {
                             // The server chose HTTP/1.1 in ALPN: this and later copies use it.
                             Connected::H1(conn) => {
                                 let req = copy_as_h1(req);
-                                return settle(Box::pin(self.exchange_h1(conn, req, job.opts)).await)
+                                return settle(Box::pin(self.exchange_h1(conn, req, job)).await)
                                     .map_err(Miss::from);
                             }
                         }
@@ -319,7 +336,7 @@ impl Target {
                 &lease,
                 req,
                 job.deadline.saturating_duration_since(Instant::now()),
-                0,
+                job.keep,
             ))
             .await
             {

@@ -7,9 +7,10 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ngx::ffi::{ngx_http_complex_value_t, ngx_shm_zone_t};
+use ngx::ffi::{ngx_http_complex_value_t, ngx_open_file_t, ngx_shm_zone_t};
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, Merge, MergeConfigError};
 
+use crate::engine::compare::CompareSettings;
 use crate::engine::ids::Table;
 use crate::engine::tls::{self, TlsSettings};
 use crate::engine::url::PathKind;
@@ -43,6 +44,22 @@ pub mod defaults {
     pub const BODY: bool = true;
     pub const BODY_MAX_SIZE: u64 = 1 << 20;
     pub const FAIL_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const COMPARE: bool = false;
+    pub const COMPARE_HEADERS: &[&str] = &["content-type"];
+    pub const COMPARE_MAX_BODY: u64 = 64 << 10;
+    /// Mismatch log lines per second per worker.
+    pub const COMPARE_LOG_RATE: u32 = 10;
+}
+
+/// Set once any location compares responses or holds copies for the primary's status:
+/// until then the response filters return at once.
+pub static RESPONSE_FILTERS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// One `async_mirror_compare_log` file, opened (and reopened) by nginx.
+#[derive(Debug)]
+pub struct CompareLog {
+    pub file: NonNull<ngx_open_file_t>,
+    pub rate: u32,
 }
 
 /// What makes two uses of a URL one target: the TLS settings (https only) and the
@@ -71,6 +88,8 @@ pub struct MainConf {
     /// One token bucket per `rate=` parameter (copies per second), shared by every
     /// location that inherits that `async_mirror` line.
     pub rates: Table<RateId, u32>,
+    /// `async_mirror_compare_log` files; a location refers to one by index.
+    pub compare_logs: Vec<CompareLog>,
 }
 
 impl MainConf {
@@ -120,6 +139,7 @@ impl MainConf {
                 max_connections: self.max_connections.unwrap_or(defaults::MAX_CONNECTIONS),
                 keepalive_timeout: self.keepalive_timeout.unwrap_or(defaults::KEEPALIVE_TIMEOUT),
             },
+            compare_logs: self.compare_logs.iter().map(|l| l.rate).collect(),
         }
     }
 
@@ -150,6 +170,8 @@ pub struct MirrorRef {
     pub url: Option<NonNull<ngx_http_complex_value_t>>,
     /// With variables in the URL's path, the path replaces `$request_uri` (`Target`).
     pub path: PathKind,
+    /// `baseline`: runs production's version; its differences are the noise floor.
+    pub baseline: bool,
 }
 
 #[derive(Debug, Default)]
@@ -170,6 +192,19 @@ pub struct LocConf {
     pub ssl_trusted_certificate: Option<PathBuf>,
     /// `async_mirror_http_version 2`.
     pub http2: Option<bool>,
+    pub compare: Option<bool>,
+    /// Lowercase names.
+    pub compare_headers: Option<Vec<String>>,
+    /// Folded JSON paths.
+    pub compare_ignore_json: Option<Vec<String>>,
+    pub compare_max_body: Option<u64>,
+    pub compare_key: Option<NonNull<ngx_http_complex_value_t>>,
+    /// Index into [`MainConf::compare_logs`]; `Some(None)` is `off`.
+    pub compare_log: Option<Option<usize>>,
+    /// `async_mirror_primary_status`: inclusive status ranges.
+    pub primary_status: Option<Vec<(u16, u16)>>,
+    /// Built when the location is merged, if it compares.
+    pub compare_settings: Option<Arc<CompareSettings>>,
 }
 
 impl LocConf {
@@ -204,6 +239,23 @@ impl LocConf {
 
     pub fn mark_header(&self) -> Option<&str> {
         self.mark_header.as_ref().map_or(Some(defaults::MARK_HEADER), |m| m.as_deref())
+    }
+
+    /// The comparison settings of this level, once merged.
+    fn build_compare(&self) -> Option<Arc<CompareSettings>> {
+        if !self.compare.unwrap_or(defaults::COMPARE) {
+            return None;
+        }
+        let headers = match &self.compare_headers {
+            Some(h) => h.clone(),
+            None => defaults::COMPARE_HEADERS.iter().map(|h| h.to_string()).collect(),
+        };
+        Some(Arc::new(CompareSettings {
+            headers,
+            ignore: self.compare_ignore_json.clone().unwrap_or_default(),
+            max_body: self.compare_max_body.unwrap_or(defaults::COMPARE_MAX_BODY) as usize,
+            log: self.compare_log.flatten(),
+        }))
     }
 
     pub fn copy_options(&self) -> CopyOptions {
@@ -252,6 +304,23 @@ impl Merge for LocConf {
         self.http2 = self.http2.or(prev.http2);
         if self.ssl_trusted_certificate.is_none() {
             self.ssl_trusted_certificate = prev.ssl_trusted_certificate.clone();
+        }
+        self.compare = self.compare.or(prev.compare);
+        if self.compare_headers.is_none() {
+            self.compare_headers = prev.compare_headers.clone();
+        }
+        if self.compare_ignore_json.is_none() {
+            self.compare_ignore_json = prev.compare_ignore_json.clone();
+        }
+        self.compare_max_body = self.compare_max_body.or(prev.compare_max_body);
+        self.compare_key = self.compare_key.or(prev.compare_key);
+        self.compare_log = self.compare_log.or(prev.compare_log);
+        if self.primary_status.is_none() {
+            self.primary_status = prev.primary_status.clone();
+        }
+        self.compare_settings = self.build_compare();
+        if (self.compare_settings.is_some() || self.primary_status.is_some()) && !self.mirrors().is_empty() {
+            RESPONSE_FILTERS.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(())
     }

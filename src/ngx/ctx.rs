@@ -13,12 +13,31 @@ use ngx::ffi::{ngx_http_request_t, ngx_pool_cleanup_add};
 
 use crate::engine::Outcome;
 use crate::engine::body::BodyTx;
+use crate::engine::copy::Copy;
+use crate::engine::shadow::PrimaryCapture;
 
 pub struct RequestCtx {
+    /// One entry per target, and all of them joined for the variable.
+    entries: Vec<String>,
     outcome: String,
     /// Body streams of this request's copies, fed by the request body filter.
     /// Dropped with the request pool: a body that never finished is aborted then.
     pub bodies: Vec<BodyTx>,
+    /// The primary's answer as the response filters capture it (comparison on).
+    /// Dropped unfinished with the pool, it tells the copies the response was incomplete.
+    pub primary: Option<PrimaryCapture>,
+    /// Copies waiting for the primary's status (`async_mirror_primary_status`), with
+    /// their entry in the outcome list and the statuses that let them go.
+    pub held: Vec<(usize, Copy)>,
+    pub held_statuses: Vec<(u16, u16)>,
+}
+
+/// `dropped:queue_full`, `skipped`: how the variable shows an outcome decided on the nginx thread.
+pub fn label(outcome: Outcome) -> String {
+    match outcome {
+        Outcome::Dropped(_) => format!("dropped:{}", outcome.reason()),
+        other => other.label().to_string(),
+    }
 }
 
 unsafe extern "C" fn ctx_cleanup(data: *mut c_void) {
@@ -78,26 +97,40 @@ impl RequestCtx {
                 return None;
             }
             let ctx = (*c).data.cast::<RequestCtx>();
-            ctx.write(RequestCtx { outcome: String::new(), bodies: Vec::new() });
+            ctx.write(RequestCtx {
+                entries: Vec::new(),
+                outcome: String::new(),
+                bodies: Vec::new(),
+                primary: None,
+                held: Vec::new(),
+                held_statuses: Vec::new(),
+            });
             (*c).handler = Some(ctx_cleanup);
             ctx.as_mut()
         }
     }
 
-    /// Records one target's result for `$async_mirror_outcome`.
-    pub fn push(&mut self, what: &str) {
-        if !self.outcome.is_empty() {
+    /// Records one target's result for `$async_mirror_outcome`; returns its place.
+    pub fn push(&mut self, what: &str) -> usize {
+        if !self.entries.is_empty() {
             self.outcome.push(',');
         }
         self.outcome.push_str(what);
+        self.entries.push(what.to_string());
+        self.entries.len() - 1
+    }
+
+    /// Replaces the result at place `i` (a held copy was sent or discarded).
+    pub fn set(&mut self, i: usize, what: &str) {
+        if let Some(e) = self.entries.get_mut(i) {
+            *e = what.to_string();
+            self.outcome = self.entries.join(",");
+        }
     }
 
     /// Records an outcome decided on the nginx thread (the copy is already counted).
-    pub fn record(&mut self, outcome: Outcome) {
-        match outcome {
-            Outcome::Dropped(_) => self.push(&format!("dropped:{}", outcome.reason())),
-            other => self.push(other.label()),
-        }
+    pub fn record(&mut self, outcome: Outcome) -> usize {
+        self.push(&label(outcome))
     }
 
     pub fn outcome(&self) -> &str {

@@ -12,15 +12,15 @@ use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
     NGX_LOG_EMERG, NGX_OK, ngx_command_t, ngx_conf_t, ngx_http_compile_complex_value,
     ngx_http_compile_complex_value_t, ngx_http_complex_value_t, ngx_pcalloc, ngx_shared_memory_add,
-    ngx_str_t,
+    ngx_conf_open_file, ngx_str_t,
 };
 use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
 use ngx::ngx_conf_log_error;
 
-use super::conf::{LocConf, MainConf, MirrorRef, Registered, SetHeader};
+use super::conf::{CompareLog, LocConf, MainConf, MirrorRef, Registered, SetHeader, defaults};
 use super::{status, zone};
 use crate::engine::url::PathKind;
-use crate::engine::{parse, sample};
+use crate::engine::{compare, parse, sample};
 
 enum ConfError {
     /// nginx's own wording: `"NAME" directive is duplicate`.
@@ -133,9 +133,12 @@ directive!(cmd_async_mirror, LocConf, |cf, lc, args| {
         (parse::parse_target(args[0])?, None, PathKind::Prefix)
     };
     let (mut sample, mut key, mut rate) = (None, None, None);
+    let mut baseline = false;
     for param in &args[1..] {
         let (name, value) = param.split_once('=').unwrap_or((param, ""));
         match name {
+            "baseline" if !param.contains('=') && !baseline => baseline = true,
+            "baseline" => return Err(format!("invalid parameter \"{param}\"").into()),
             "sample" if sample.is_none() => sample = Some(sample::parse_percent(value)?),
             "key" if key.is_none() => {
                 if value.is_empty() {
@@ -160,8 +163,11 @@ directive!(cmd_async_mirror, LocConf, |cf, lc, args| {
     if list.iter().any(|m| m.spec == spec) {
         return Err(format!("duplicate target \"{}\"", args[0]).into());
     }
+    if baseline && list.iter().any(|m| m.baseline) {
+        return Err(format!("second baseline \"{}\" (one baseline per level)", args[0]).into());
+    }
     let sample_ppm = sample.unwrap_or(sample::PPM);
-    list.push(MirrorRef { spec, target: None, sample_ppm, key, rate, url, path });
+    list.push(MirrorRef { spec, target: None, sample_ppm, key, rate, url, path, baseline });
     Ok(())
 });
 
@@ -306,4 +312,111 @@ directive!(cmd_threads, MainConf, |_cf, mc, args| {
 directive!(cmd_drain_timeout, MainConf, |_cf, mc, args| {
     // 0 is allowed: drop whatever is queued at once on reload/quit.
     set_once(&mut mc.drain_timeout, parse::parse_time(args[0])?)
+});
+
+directive!(cmd_compare, LocConf, |_cf, lc, args| set_once(&mut lc.compare, parse::parse_flag(args[0])?));
+
+directive!(cmd_compare_headers, LocConf, |_cf, lc, args| {
+    if lc.compare_headers.is_some() {
+        return Err(ConfError::Duplicate);
+    }
+    let mut names = Vec::with_capacity(args.len());
+    for a in args {
+        let name = parse::parse_header_name(a)?.to_ascii_lowercase();
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    lc.compare_headers = Some(names);
+    Ok(())
+});
+
+directive!(cmd_compare_ignore_json, LocConf, |_cf, lc, args| {
+    if lc.compare_ignore_json.is_some() {
+        return Err(ConfError::Duplicate);
+    }
+    let paths = args.iter().map(|a| compare::parse_json_path(a)).collect::<Result<Vec<_>, _>>()?;
+    lc.compare_ignore_json = Some(paths);
+    Ok(())
+});
+
+directive!(cmd_compare_max_body, LocConf, |_cf, lc, args| {
+    let n = parse::parse_size(args[0])?;
+    if n > 64 << 20 {
+        return Err(format!("invalid size \"{}\" (at most 64m)", args[0]).into());
+    }
+    set_once(&mut lc.compare_max_body, n)
+});
+
+directive!(cmd_compare_key, LocConf, |cf, lc, args| {
+    if args[0].is_empty() {
+        return Err(ConfError::Msg("empty compare key".into()));
+    }
+    let cv = std::ptr::NonNull::new(complex_value(cf, args[0])?);
+    set_once(&mut lc.compare_key, cv.ok_or_else(|| ConfError::Msg("out of memory".into()))?)
+});
+
+directive!(cmd_compare_log, LocConf, |cf, lc, args| {
+    if lc.compare_log.is_some() {
+        return Err(ConfError::Duplicate);
+    }
+    if args[0] == "off" {
+        if let Some(extra) = args.get(1) {
+            return Err(format!("unexpected parameter \"{extra}\" after \"off\"").into());
+        }
+        lc.compare_log = Some(None);
+        return Ok(());
+    }
+    let mut rate = None;
+    for param in &args[1..] {
+        match param.split_once('=') {
+            Some(("rate", v)) if rate.is_none() => rate = Some(sample::parse_rate(v)?),
+            _ => return Err(format!("invalid parameter \"{param}\"").into()),
+        }
+    }
+    if args[0].is_empty() || args[0].contains('$') {
+        return Err(format!("invalid log file \"{}\" (variables are not supported)", args[0]).into());
+    }
+    let mut name = ngx_str_t { len: args[0].len(), data: args[0].as_ptr().cast_mut() };
+    // SAFETY: while parsing configuration; nginx resolves the name against the prefix,
+    // opens the file with the cycle's other files and reopens it on `nginx -s reopen`.
+    let file = std::ptr::NonNull::new(unsafe { ngx_conf_open_file(cf.cycle, &mut name) })
+        .ok_or_else(|| ConfError::Msg(format!("cannot open log \"{}\"", args[0])))?;
+    let Some(mc) = M::main_conf_mut(&*cf) else {
+        return Err(ConfError::Msg("no http main configuration".into()));
+    };
+    let rate = rate.unwrap_or(defaults::COMPARE_LOG_RATE);
+    let index = match mc.compare_logs.iter().position(|l| l.file == file) {
+        Some(i) if mc.compare_logs[i].rate == rate => i,
+        Some(_) => return Err(format!("log \"{}\" is used with another rate", args[0]).into()),
+        None => {
+            mc.compare_logs.push(CompareLog { file, rate });
+            mc.compare_logs.len() - 1
+        }
+    };
+    lc.compare_log = Some(Some(index));
+    Ok(())
+});
+
+directive!(cmd_primary_status, LocConf, |_cf, lc, args| {
+    if lc.primary_status.is_some() {
+        return Err(ConfError::Duplicate);
+    }
+    let mut ranges = Vec::with_capacity(args.len());
+    for a in args {
+        let b = a.as_bytes();
+        let range = match b {
+            [c @ b'1'..=b'5', b'x' | b'X', b'x' | b'X'] => {
+                let lo = u16::from(c - b'0') * 100;
+                (lo, lo + 99)
+            }
+            _ => match a.parse::<u16>() {
+                Ok(code @ 100..=599) if b.len() == 3 => (code, code),
+                _ => return Err(format!("invalid status \"{a}\" (expected a code 100..599 or 1xx..5xx)").into()),
+            },
+        };
+        ranges.push(range);
+    }
+    lc.primary_status = Some(ranges);
+    Ok(())
 });

@@ -9,7 +9,15 @@ use super::ctx::RequestCtx;
 use super::log;
 use super::process::{Selection, with_engine};
 use super::request::{HeaderIter, eval, str_bytes};
+use crate::engine::compare::CompareSettings;
 use crate::engine::job::CaptureError;
+use crate::engine::queue::Charge;
+use crate::engine::shadow::{
+    BaselineState, CompareJob, PrimaryCapture, PrimaryState, Role, baseline_channel, primary_channel,
+};
+use crate::engine::verdict::bounded_name;
+use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
+use tokio::sync::watch;
 use crate::engine::parse::{Dest, parse_dest};
 use crate::engine::sample::{PPM, key_bucket};
 use crate::engine::{DropReason, Engine, HeaderEdits, Outcome, RequestHead};
@@ -94,6 +102,11 @@ fn dispatch(
         too_large: stream_body && length.is_some_and(|l| l > lc.body_max_size()),
     };
     let opts = lc.copy_options();
+    let held = lc.primary_status.is_some();
+    if held {
+        ctx.held_statuses = lc.primary_status.clone().unwrap_or_default();
+    }
+    let mut shadow = lc.compare_settings.as_ref().map(|s| Shadow::new(r, lc, s));
     let mut head: Option<Result<Arc<RequestHead>, CaptureError>> = None;
     let now = std::time::Instant::now();
     for m in lc.mirrors() {
@@ -117,7 +130,7 @@ fn dispatch(
             }
             _ => Ok(()),
         });
-        let admission = match engine.admit(id, early, opts) {
+        let admission = match engine.admit(id, early, opts, held) {
             Ok(a) => a,
             Err(outcome) => {
                 ctx.record(outcome);
@@ -134,10 +147,71 @@ fn dispatch(
             ctx.bodies.push(tx);
             rx
         });
-        match admission.into_copy(h.clone(), dest, body).and_then(|copy| engine.submit(copy)) {
+        let mut copy = match admission.into_copy(h.clone(), dest, body) {
+            Ok(copy) => copy,
+            Err(outcome) => {
+                ctx.record(outcome);
+                continue;
+            }
+        };
+        if let Some(shadow) = shadow.as_mut() {
+            copy.compare = Some(shadow.job(engine, ctx, m.baseline));
+        }
+        if held {
+            let i = ctx.push("held");
+            ctx.held.push((i, copy));
+            continue;
+        }
+        match engine.submit(copy) {
             Ok(()) => ctx.push("queued"),
             Err(outcome) => ctx.record(outcome),
-        }
+        };
+    }
+}
+
+/// One request's comparison: the endpoint, the primary's channel and the baseline's.
+struct Shadow {
+    settings: Arc<CompareSettings>,
+    endpoint: String,
+    primary: Option<watch::Receiver<PrimaryState>>,
+    baseline_tx: Option<watch::Sender<BaselineState>>,
+    baseline_rx: Option<watch::Receiver<BaselineState>>,
+}
+
+impl Shadow {
+    fn new(r: &ngx_http_request_t, lc: &LocConf, settings: &Arc<CompareSettings>) -> Shadow {
+        // The endpoint label: `async_mirror_compare_key`, or the location as written.
+        let endpoint = match lc.compare_key {
+            Some(cv) => eval(r, cv.as_ptr()).unwrap_or(b""),
+            None => NgxHttpCoreModule::location_conf(r).map_or(&b""[..], |c| str_bytes(&c.name)),
+        };
+        let endpoint = String::from_utf8_lossy(endpoint);
+        let endpoint = bounded_name(&endpoint).to_string();
+        let (baseline_tx, baseline_rx) = match lc.mirrors().iter().any(|m| m.baseline) {
+            true => {
+                let (tx, rx) = baseline_channel();
+                (Some(tx), Some(rx))
+            }
+            false => (None, None),
+        };
+        Shadow { settings: settings.clone(), endpoint, primary: None, baseline_tx, baseline_rx }
+    }
+
+    /// The comparison part of one copy; the first one starts the primary's capture.
+    fn job(&mut self, engine: &Engine, ctx: &mut RequestCtx, baseline: bool) -> CompareJob {
+        let primary = self
+            .primary
+            .get_or_insert_with(|| {
+                let (tx, rx) = primary_channel();
+                ctx.primary = Some(PrimaryCapture::new(tx, self.settings.clone(), Charge::new(engine.backlog())));
+                rx
+            })
+            .clone();
+        let role = match self.baseline_tx.take_if(|_| baseline) {
+            Some(tx) => Role::Baseline(tx),
+            None => Role::Candidate(self.baseline_rx.clone()),
+        };
+        CompareJob { settings: self.settings.clone(), endpoint: self.endpoint.clone(), primary, role }
     }
 }
 

@@ -13,6 +13,7 @@ mod log;
 mod module;
 mod process;
 mod request;
+mod response_filter;
 mod status;
 mod variable;
 mod zone;

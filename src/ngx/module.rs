@@ -8,18 +8,18 @@ use std::ptr::{addr_of, null_mut};
 
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK, Status};
 use ngx::ffi::{
-    NGX_CONF_1MORE, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF,
+    NGX_CONF_1MORE, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE2, NGX_CONF_TAKE12, NGX_HTTP_LOC_CONF,
     NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE,
     NGX_HTTP_SRV_CONF, NGX_HTTP_VAR_NOCACHEABLE, NGX_LOG_EMERG, ngx_array_push, ngx_command_t, ngx_conf_t,
     ngx_http_add_variable, ngx_http_handler_pt, ngx_http_module_t, ngx_http_phases_NGX_HTTP_PRECONTENT_PHASE,
-    ngx_http_top_request_body_filter, ngx_int_t, ngx_module_t, ngx_str_t, ngx_uint_t,
+    ngx_http_top_body_filter, ngx_http_top_header_filter, ngx_http_top_request_body_filter, ngx_int_t, ngx_module_t, ngx_str_t, ngx_uint_t,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, Merge, NgxHttpCoreModule};
 use ngx::{ngx_conf_log_error, ngx_string};
 
 use super::conf::{LocConf, MainConf, Registered};
 use super::directives::*;
-use super::{body_filter, handler, process, variable};
+use super::{body_filter, handler, process, response_filter, variable};
 
 pub struct Module;
 
@@ -67,6 +67,10 @@ impl HttpModule for Module {
         unsafe {
             body_filter::NEXT = ngx_http_top_request_body_filter;
             ngx_http_top_request_body_filter = Some(body_filter::body_filter);
+            response_filter::NEXT_HEADER = ngx_http_top_header_filter;
+            ngx_http_top_header_filter = Some(response_filter::header_filter);
+            response_filter::NEXT_BODY = ngx_http_top_body_filter;
+            ngx_http_top_body_filter = Some(response_filter::body_filter);
         }
         Status::NGX_OK.into()
     }
@@ -144,7 +148,7 @@ const fn command(name: ngx_str_t, type_: u32, set: SetFn) -> ngx_command_t {
 
 type M = Module;
 
-pub static mut COMMANDS: [ngx_command_t; 22] = [
+pub static mut COMMANDS: [ngx_command_t; 29] = [
     command(ngx_string!("async_mirror"), HSL | NGX_CONF_1MORE, cmd_async_mirror::<M>),
     command(ngx_string!("async_mirror_set_header"), HSL | NGX_CONF_TAKE2, cmd_set_header::<M>),
     command(ngx_string!("async_mirror_if"), HSL | NGX_CONF_1MORE, cmd_if::<M>),
@@ -170,6 +174,13 @@ pub static mut COMMANDS: [ngx_command_t; 22] = [
     command(ngx_string!("async_mirror_drain_timeout"), MAIN | NGX_CONF_TAKE1, cmd_drain_timeout::<M>),
     command(ngx_string!("async_mirror_zone"), MAIN | NGX_CONF_TAKE2, cmd_zone::<M>),
     command(ngx_string!("async_mirror_status"), NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS, cmd_status::<M>),
+    command(ngx_string!("async_mirror_compare"), HSL | NGX_CONF_TAKE1, cmd_compare::<M>),
+    command(ngx_string!("async_mirror_compare_headers"), HSL | NGX_CONF_1MORE, cmd_compare_headers::<M>),
+    command(ngx_string!("async_mirror_compare_ignore_json"), HSL | NGX_CONF_1MORE, cmd_compare_ignore_json::<M>),
+    command(ngx_string!("async_mirror_compare_max_body"), HSL | NGX_CONF_TAKE1, cmd_compare_max_body::<M>),
+    command(ngx_string!("async_mirror_compare_key"), HSL | NGX_CONF_TAKE1, cmd_compare_key::<M>),
+    command(ngx_string!("async_mirror_compare_log"), HSL | NGX_CONF_TAKE12, cmd_compare_log::<M>),
+    command(ngx_string!("async_mirror_primary_status"), HSL | NGX_CONF_1MORE, cmd_primary_status::<M>),
     ngx_command_t::empty(),
 ];
 

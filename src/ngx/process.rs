@@ -4,11 +4,13 @@
 //! runtime error reports into the error log.
 
 use std::cell::RefCell;
+use std::ptr::NonNull;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ngx::ffi::{
     NGX_OK, NGX_PROCESS_SINGLE, NGX_PROCESS_WORKER, ngx_add_timer, ngx_cycle_t, ngx_del_timer, ngx_event_t,
-    ngx_int_t, ngx_process,
+    ngx_int_t, ngx_open_file_t, ngx_process,
 };
 
 use super::conf::Registered;
@@ -34,6 +36,8 @@ pub struct Worker {
     pub engine: Engine,
     pub select: Selection,
     pub shared: Option<Shared>,
+    /// `async_mirror_compare_log` files, as nginx opened them (it reopens them in place).
+    compare_logs: Vec<NonNull<ngx_open_file_t>>,
     drain_timeout: Duration,
     ticks: u32,
 }
@@ -78,7 +82,7 @@ pub unsafe extern "C" fn init_process<M: Registered>(cycle: *mut ngx_cycle_t) ->
             return;
         }
         let settings = mc.engine_settings();
-        match Engine::start(settings, &mc.targets, block_signals) {
+        match Engine::start(settings.clone(), &mc.targets, block_signals) {
             Ok(engine) => {
                 log::notice(&format!(
                     "async_mirror: runtime started: targets={} threads={} queue_size={} queue_bytes={} \
@@ -102,6 +106,7 @@ pub unsafe extern "C" fn init_process<M: Registered>(cycle: *mut ngx_cycle_t) ->
                     engine,
                     select,
                     shared,
+                    compare_logs: mc.compare_logs.iter().map(|l| l.file).collect(),
                     drain_timeout: mc.drain_timeout(),
                     ticks: 0,
                 }));
@@ -131,6 +136,7 @@ pub unsafe extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
         w.engine.drain(w.drain_timeout);
         w.engine.shutdown(SHUTDOWN_GRACE);
         write_reports(&w.engine);
+        write_compare_logs(&w.engine, &w.compare_logs);
         if let Some(shared) = w.shared.as_mut() {
             shared.fold(&w.engine, true);
         }
@@ -163,6 +169,7 @@ fn start_report_timer() {
 unsafe extern "C" fn report_timer_handler(ev: *mut ngx_event_t) {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         with_worker(|w| {
+            write_compare_logs(&w.engine, &w.compare_logs);
             if let Some(shared) = w.shared.as_mut() {
                 shared.fold(&w.engine, false);
             }
@@ -188,5 +195,36 @@ fn write_reports(engine: &Engine) {
             n => format!(", {n} similar errors suppressed"),
         };
         log::warn(&format!("async_mirror: {} while mirroring to \"{url}\"{more}", r.message));
+    }
+}
+
+/// Writes the mismatch lines the runtime left, one write per file, as nginx's access
+/// log does from the worker; a failed write loses those lines (counted), nothing else.
+fn write_compare_logs(engine: &Engine, files: &[NonNull<ngx_open_file_t>]) {
+    let lines = engine.difflog().take();
+    if lines.is_empty() {
+        return;
+    }
+    let counts = &engine.difflog().counts;
+    for (i, file) in files.iter().enumerate() {
+        let (mut buf, mut n) = (Vec::new(), 0u64);
+        for (_, line) in lines.iter().filter(|(l, _)| *l == i) {
+            buf.extend_from_slice(line.as_bytes());
+            buf.push(b'\n');
+            n += 1;
+        }
+        if n == 0 {
+            continue;
+        }
+        // SAFETY: the open file belongs to the cycle and lives as long as it; nginx only
+        // changes its fd on reopen, on this same thread.
+        let fd = unsafe { file.as_ref().fd };
+        // SAFETY: buf is a valid buffer of buf.len() bytes.
+        let written = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if written == buf.len() as isize {
+            counts.written.fetch_add(n, Ordering::Relaxed);
+        } else {
+            counts.failed.fetch_add(n, Ordering::Relaxed);
+        }
     }
 }

@@ -9,6 +9,8 @@ use ngx::ffi::{
 use super::log;
 use super::process::with_worker;
 use crate::engine::status::{self, Snapshot, TargetSnapshot};
+use crate::engine::verdict::{EndpointCounts, merge_into};
+use crate::engine::{Engine, TargetId};
 
 pub unsafe extern "C" fn status_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     let result = std::panic::catch_unwind(|| {
@@ -80,23 +82,27 @@ fn snapshot() -> Snapshot {
                 .zone
                 .read()
                 .into_iter()
-                .map(|(url, counters, g)| TargetSnapshot {
+                .map(|(url, counters, g, compare)| TargetSnapshot {
                     url,
                     counters,
                     inflight: g.inflight,
                     breaker_open: g.breaker_open,
                     connections: g.connections,
+                    compare,
                 })
                 .collect();
-            return Snapshot { targets, queue_jobs, queue_bytes, shared: true };
+            let log_lines = shared.zone.log_lines();
+            return Snapshot { targets, queue_jobs, queue_bytes, shared: true, log_lines };
         }
         // One series per URL: an https URL used under several TLS settings is several targets.
         let mut targets: Vec<TargetSnapshot> = Vec::new();
         for (id, spec, stats) in w.engine.targets() {
             let counters = stats.snapshot();
             let g = w.engine.gauges(id);
+            let compare = verdicts(&w.engine, id);
             match targets.iter_mut().find(|t| t.url == spec.url) {
                 Some(t) => {
+                    merge_into(&mut t.compare, &compare);
                     t.counters.iter_mut().zip(counters).for_each(|(a, b)| *a += b);
                     t.inflight += g.inflight;
                     t.breaker_open = t.breaker_open.max(g.breaker_open);
@@ -108,6 +114,7 @@ fn snapshot() -> Snapshot {
                     inflight: g.inflight,
                     breaker_open: g.breaker_open,
                     connections: g.connections,
+                    compare,
                 }),
             }
         }
@@ -116,6 +123,19 @@ fn snapshot() -> Snapshot {
             queue_jobs: w.engine.queued_jobs() as i64,
             queue_bytes: w.engine.queued_bytes() as i64,
             shared: false,
+            log_lines: w.engine.difflog().counts.snapshot(),
         }
     })
+}
+
+/// A target's comparison counters; a runtime thread holds their lock only to add one
+/// verdict, so a few tries find it free.
+fn verdicts(engine: &Engine, id: TargetId) -> Vec<EndpointCounts> {
+    for _ in 0..1000 {
+        if let Some(v) = engine.verdicts(id) {
+            return v;
+        }
+        std::hint::spin_loop();
+    }
+    Vec::new()
 }

@@ -14,6 +14,7 @@
 //! never read with the wrong layout. The old table stays allocated for the
 //! old generation of workers still writing into it.
 
+use std::cell::UnsafeCell;
 use std::ffi::c_void;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -29,13 +30,14 @@ use crate::engine::Engine;
 use crate::engine::ids::{Table, TargetId};
 use crate::engine::outcome::{CounterVec, slot};
 use crate::engine::runtime::Gauges;
+use crate::engine::verdict::{ENDPOINTS, EndpointCounts, FIELDS, NAME_MAX, OTHER, Verdict};
 
 const MAGIC: u64 = 0x6173_796e_636d_6972; // "asyncmir"
 pub const URL_MAX: usize = 512;
 
 /// The table's layout: bump the low bits whenever `Header` or `Slot` change. The high
 /// bits ("LAYT") make it distinct from the slot count the first layout kept here.
-const LAYOUT: u64 = 0x4c41_5954_0000_0003;
+const LAYOUT: u64 = 0x4c41_5954_0000_0004;
 
 #[repr(C)]
 struct Header {
@@ -45,6 +47,9 @@ struct Header {
     slots: AtomicU64,
     queue_jobs: AtomicI64,
     queue_bytes: AtomicI64,
+    /// Slots of the endpoint area that follows the target slots.
+    endpoints: AtomicU64,
+    log_lines: [AtomicU64; 3],
 }
 
 /// What a zone's memory holds.
@@ -64,6 +69,144 @@ pub struct Slot {
     inflight: AtomicI64,
     breaker_open: AtomicI64,
     connections: AtomicI64,
+    /// Named endpoints claimed for this target in the endpoint area.
+    endpoint_count: AtomicU64,
+    /// Endpoints past the bound (or past the area's room).
+    other: EndpointSlot,
+}
+
+/// Claim states of endpoint and field slots. Workers claim them while traffic flows
+/// (names come from requests), first fit in order: a slot being claimed is waited for,
+/// so two workers never claim one name twice.
+const FREE: u64 = 0;
+const CLAIMING: u64 = 1;
+const READY: u64 = 2;
+
+#[repr(C)]
+struct Name {
+    len: AtomicU64,
+    bytes: UnsafeCell<[u8; NAME_MAX]>,
+}
+
+impl Name {
+    fn get(&self) -> &[u8] {
+        let len = (self.len.load(Ordering::Acquire) as usize).min(NAME_MAX);
+        // SAFETY: written once by the claiming worker before the slot became READY.
+        unsafe { &(&*self.bytes.get())[..len] }
+    }
+
+    /// # Safety
+    /// The caller holds the slot in CLAIMING.
+    unsafe fn set(&self, name: &[u8]) {
+        let len = name.len().min(NAME_MAX);
+        // SAFETY: per the contract nobody else reads or writes the bytes now.
+        unsafe { (&mut (*self.bytes.get()))[..len].copy_from_slice(&name[..len]) };
+        self.len.store(len as u64, Ordering::Release);
+    }
+}
+
+#[repr(C)]
+struct FieldSlot {
+    state: AtomicU64,
+    name: Name,
+    counts: [AtomicU64; 2],
+}
+
+#[repr(C)]
+pub struct EndpointSlot {
+    state: AtomicU64,
+    /// Index of the target slot this endpoint belongs to.
+    target: AtomicU64,
+    name: Name,
+    verdicts: [AtomicU64; Verdict::COUNT],
+    fields: [FieldSlot; FIELDS],
+    other_field: [AtomicU64; 2],
+}
+
+/// Waits, bounded, for a slot another worker is claiming (a worker that died mid-claim
+/// leaves it CLAIMING: it is then skipped).
+fn settled(state: &AtomicU64) -> u64 {
+    for _ in 0..100_000 {
+        let s = state.load(Ordering::Acquire);
+        if s != CLAIMING {
+            return s;
+        }
+        std::hint::spin_loop();
+    }
+    CLAIMING
+}
+
+/// The first slot that `matches`, or a free one claimed with `init` (a false `init`
+/// gives the slot back). `None` when neither is found.
+fn find_or_claim<'a, T>(
+    slots: impl Iterator<Item = &'a T>,
+    state: impl Fn(&T) -> &AtomicU64,
+    matches: impl Fn(&T) -> bool,
+    init: impl Fn(&T) -> bool,
+) -> Option<&'a T> {
+    for s in slots {
+        loop {
+            match settled(state(s)) {
+                READY if matches(s) => return Some(s),
+                FREE => {
+                    if state(s).compare_exchange(FREE, CLAIMING, Ordering::AcqRel, Ordering::Acquire).is_err() {
+                        continue;
+                    }
+                    if init(s) {
+                        state(s).store(READY, Ordering::Release);
+                        return Some(s);
+                    }
+                    state(s).store(FREE, Ordering::Release);
+                    return None;
+                }
+                _ => break,
+            }
+        }
+    }
+    None
+}
+
+impl EndpointSlot {
+    /// The counters of `field` (`other` past the bound).
+    fn field(&self, field: &str) -> &[AtomicU64; 2] {
+        if field == OTHER {
+            return &self.other_field;
+        }
+        let name = field.as_bytes();
+        find_or_claim(
+            self.fields.iter(),
+            |f| &f.state,
+            |f| f.name.get() == name,
+            |f| {
+                // SAFETY: the slot is ours in CLAIMING.
+                unsafe { f.name.set(name) };
+                true
+            },
+        )
+        .map_or(&self.other_field, |f| &f.counts)
+    }
+
+    fn read(&self, name: &str) -> EndpointCounts {
+        let mut e = EndpointCounts { name: name.to_string(), ..Default::default() };
+        for (v, c) in e.verdicts.iter_mut().zip(&self.verdicts) {
+            *v = c.load(Ordering::Relaxed);
+        }
+        for f in self.fields.iter().take_while(|f| f.state.load(Ordering::Acquire) != FREE) {
+            if f.state.load(Ordering::Acquire) == READY {
+                let counts = [f.counts[0].load(Ordering::Relaxed), f.counts[1].load(Ordering::Relaxed)];
+                e.fields.push((String::from_utf8_lossy(f.name.get()).into_owned(), counts));
+            }
+        }
+        let other = [self.other_field[0].load(Ordering::Relaxed), self.other_field[1].load(Ordering::Relaxed)];
+        if other != [0, 0] {
+            e.fields.push((OTHER.to_string(), other));
+        }
+        e
+    }
+
+    fn is_empty(&self) -> bool {
+        self.verdicts.iter().all(|v| v.load(Ordering::Relaxed) == 0)
+    }
 }
 
 /// The smallest zone that holds one target.
@@ -74,6 +217,7 @@ pub const MIN_SIZE: usize = 32 * 1024;
 pub struct Zone {
     header: NonNull<Header>,
     capacity: usize,
+    endpoints: usize,
 }
 
 impl Zone {
@@ -98,6 +242,77 @@ impl Zone {
         unsafe { &*self.header.as_ptr().add(1).cast::<Slot>().add(i) }
     }
 
+    fn endpoint(&self, i: usize) -> &EndpointSlot {
+        debug_assert!(i < self.endpoints);
+        // SAFETY: the endpoint area follows the `capacity` target slots inside the mapping.
+        unsafe {
+            &*self.header.as_ptr().add(1).cast::<Slot>().add(self.capacity).cast::<EndpointSlot>().add(i)
+        }
+    }
+
+    fn slot_index(&self, slot: &Slot) -> usize {
+        (std::ptr::from_ref(slot) as usize - self.header.as_ptr().wrapping_add(1) as usize) / size_of::<Slot>()
+    }
+
+    /// The endpoint `name` of target `slot`: claimed on first use, the target's `other`
+    /// past [`ENDPOINTS`] named endpoints or when the area is full.
+    pub fn endpoint_of<'a>(&'a self, slot: &'a Slot, name: &str) -> &'a EndpointSlot {
+        if name == OTHER {
+            return &slot.other;
+        }
+        let target = self.slot_index(slot) as u64;
+        let name = name.as_bytes();
+        find_or_claim(
+            (0..self.endpoints).map(|i| self.endpoint(i)),
+            |e| &e.state,
+            |e| e.target.load(Ordering::Acquire) == target && e.name.get() == name,
+            |e| {
+                if slot.endpoint_count.fetch_add(1, Ordering::AcqRel) >= ENDPOINTS as u64 {
+                    slot.endpoint_count.fetch_sub(1, Ordering::AcqRel);
+                    return false;
+                }
+                e.target.store(target, Ordering::Release);
+                // SAFETY: the slot is ours in CLAIMING.
+                unsafe { e.name.set(name) };
+                true
+            },
+        )
+        .unwrap_or(&slot.other)
+    }
+
+    /// Comparison counters of target slot `i`, by endpoint.
+    fn read_compare(&self, i: usize) -> Vec<EndpointCounts> {
+        let mut out = Vec::new();
+        for k in 0..self.endpoints {
+            let e = self.endpoint(k);
+            match e.state.load(Ordering::Acquire) {
+                FREE => break,
+                READY if e.target.load(Ordering::Acquire) == i as u64 => {
+                    out.push(e.read(&String::from_utf8_lossy(e.name.get())));
+                }
+                _ => {}
+            }
+        }
+        let other = &self.slot(i).other;
+        if !other.is_empty() {
+            out.push(other.read(OTHER));
+        }
+        out
+    }
+
+    pub fn log_lines(&self) -> [u64; 3] {
+        let h = self.header();
+        [0, 1, 2].map(|i| h.log_lines[i].load(Ordering::Relaxed))
+    }
+
+    pub fn add_log_lines(&self, delta: [u64; 3]) {
+        for (c, d) in self.header().log_lines.iter().zip(delta) {
+            if d != 0 {
+                c.fetch_add(d, Ordering::Relaxed);
+            }
+        }
+    }
+
     fn slot_url(&self, i: usize) -> &[u8] {
         let s = self.slot(i);
         let len = (s.url_len.load(Ordering::Acquire) as usize).min(URL_MAX);
@@ -112,8 +327,8 @@ impl Zone {
             .map(|i| self.slot(i))
     }
 
-    /// Every assigned slot: its URL, counters and gauges.
-    pub fn read(&self) -> Vec<(String, CounterVec, Gauges)> {
+    /// Every assigned slot: its URL, counters, gauges and comparison counters.
+    pub fn read(&self) -> Vec<(String, CounterVec, Gauges, Vec<EndpointCounts>)> {
         let mut out = Vec::new();
         for i in 0..self.capacity {
             let s = self.slot(i);
@@ -129,7 +344,7 @@ impl Zone {
                 breaker_open: s.breaker_open.load(Ordering::Relaxed),
                 connections: s.connections.load(Ordering::Relaxed),
             };
-            out.push((String::from_utf8_lossy(self.slot_url(i)).into_owned(), c, g));
+            out.push((String::from_utf8_lossy(self.slot_url(i)).into_owned(), c, g, self.read_compare(i)));
         }
         out
     }
@@ -183,7 +398,11 @@ unsafe fn find(shm: *mut ngx_shm_zone_t) -> Found {
     if layout != test_layout(LAYOUT) || h.slot_size.load(Ordering::Acquire) != size_of::<Slot>() as u64 {
         return Found::Other(layout);
     }
-    Found::Ours(Zone { header, capacity: h.slots.load(Ordering::Acquire) as usize })
+    Found::Ours(Zone {
+        header,
+        capacity: h.slots.load(Ordering::Acquire) as usize,
+        endpoints: h.endpoints.load(Ordering::Acquire) as usize,
+    })
 }
 
 /// Test builds can pretend to be another layout: the number in `zone-layout` under the
@@ -281,9 +500,11 @@ unsafe fn create_table(zone: &ngx_shm_zone_t) -> Option<Zone> {
     let sp = zone.shm.addr.cast::<ngx_slab_pool_t>();
     // SAFETY: per the contract; trying sizes that do not fit is expected, not worth a log line.
     unsafe { (*sp).set_log_nomem(0) };
-    let mut capacity = zone.shm.size / size_of::<Slot>();
+    // Half the zone for targets, the rest for the endpoints comparisons name.
+    let mut capacity = (zone.shm.size / 2 / size_of::<Slot>()).max(1);
+    let mut endpoints = zone.shm.size.saturating_sub(capacity * size_of::<Slot>()) / size_of::<EndpointSlot>();
     while capacity > 0 {
-        let bytes = size_of::<Header>() + capacity * size_of::<Slot>();
+        let bytes = size_of::<Header>() + capacity * size_of::<Slot>() + endpoints * size_of::<EndpointSlot>();
         // SAFETY: allocation from the zone's own pool while the master loads configuration.
         let p = unsafe { ngx_slab_alloc(sp, bytes) };
         if !p.is_null() {
@@ -292,15 +513,17 @@ unsafe fn create_table(zone: &ngx_shm_zone_t) -> Option<Zone> {
                 std::ptr::write_bytes(p.cast::<u8>(), 0, bytes);
                 let h = &*p.cast::<Header>();
                 h.slots.store(capacity as u64, Ordering::Release);
+                h.endpoints.store(endpoints as u64, Ordering::Release);
                 h.slot_size.store(size_of::<Slot>() as u64, Ordering::Release);
                 h.layout.store(test_layout(LAYOUT), Ordering::Release);
                 h.magic.store(MAGIC, Ordering::Release);
                 (*sp).data = p;
                 (*sp).set_log_nomem(1);
             }
-            return Some(Zone { header: NonNull::new(p.cast())?, capacity });
+            return Some(Zone { header: NonNull::new(p.cast())?, capacity, endpoints });
         }
         capacity = capacity * 9 / 10;
+        endpoints = endpoints * 9 / 10;
     }
     None
 }
@@ -312,6 +535,16 @@ pub struct Shared {
     last: Table<TargetId, CounterVec>,
     last_gauges: Table<TargetId, Gauges>,
     last_queue: (i64, i64),
+    /// Per target, this worker's endpoints (in the order the engine lists them) in the zone.
+    compare: Table<TargetId, Vec<EndpointLink>>,
+    last_lines: [u64; 3],
+}
+
+/// One of this worker's endpoints, its slot in the zone and what was already added.
+struct EndpointLink {
+    slot: *const EndpointSlot,
+    last: [u64; Verdict::COUNT],
+    fields: Vec<(*const [AtomicU64; 2], [u64; 2])>,
 }
 
 impl Shared {
@@ -324,8 +557,10 @@ impl Shared {
             zone,
             last: slots.map(|_| [0; slot::COUNTERS]),
             last_gauges: slots.map(|_| Gauges::default()),
+            compare: slots.map(|_| Vec::new()),
             slots,
             last_queue: (0, 0),
+            last_lines: [0; 3],
         }
     }
 
@@ -347,9 +582,49 @@ impl Shared {
             let g = if last_fold { Gauges::default() } else { engine.gauges(id) };
             slot.add_gauges(g, *last_g);
             *last_g = g;
+            if let (Some(links), Some(now)) = (self.compare.get_mut(id), engine.verdicts(id)) {
+                fold_compare(&self.zone, slot, links, &now);
+            }
         }
+        let lines = engine.difflog().counts.snapshot();
+        let delta = [0, 1, 2].map(|i| lines[i].wrapping_sub(self.last_lines[i]));
+        self.zone.add_log_lines(delta);
+        self.last_lines = lines;
         let q = if last_fold { (0, 0) } else { (engine.queued_jobs() as i64, engine.queued_bytes() as i64) };
         self.zone.add_queue(q.0 - self.last_queue.0, q.1 - self.last_queue.1);
         self.last_queue = q;
+    }
+}
+
+/// Adds what changed in one target's comparison counters since the last fold.
+fn fold_compare(zone: &Zone, slot: &Slot, links: &mut Vec<EndpointLink>, now: &[EndpointCounts]) {
+    for (i, e) in now.iter().enumerate() {
+        if links.len() <= i {
+            let ep = zone.endpoint_of(slot, &e.name);
+            links.push(EndpointLink { slot: ep, last: [0; Verdict::COUNT], fields: Vec::new() });
+        }
+        let link = &mut links[i];
+        // SAFETY: the slot lies in the zone, mapped for the life of this configuration.
+        let ep = unsafe { &*link.slot };
+        for (k, (v, last)) in e.verdicts.iter().zip(link.last.iter_mut()).enumerate() {
+            if *v != *last {
+                ep.verdicts[k].fetch_add(v.wrapping_sub(*last), Ordering::Relaxed);
+                *last = *v;
+            }
+        }
+        for (j, (name, counts)) in e.fields.iter().enumerate() {
+            if link.fields.len() <= j {
+                link.fields.push((std::ptr::from_ref(ep.field(name)), [0; 2]));
+            }
+            let (dst, last) = &mut link.fields[j];
+            // SAFETY: as above.
+            let dst = unsafe { &**dst };
+            for side in 0..2 {
+                if counts[side] != last[side] {
+                    dst[side].fetch_add(counts[side].wrapping_sub(last[side]), Ordering::Relaxed);
+                    last[side] = counts[side];
+                }
+            }
+        }
     }
 }

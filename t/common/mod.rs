@@ -404,6 +404,13 @@ impl Sink {
     }
 
     pub fn with_delay(delay: Duration) -> Sink {
+        Self::answering(move |_| vec![(delay, reply(200, &[], b"ok", false))])
+    }
+
+    /// A peer that records every request and answers what `respond` says: the raw
+    /// response bytes (see [`reply`]) in parts, each written after its delay.
+    pub fn answering(respond: impl Fn(&Recorded) -> Vec<(Duration, Vec<u8>)> + Send + Sync + 'static) -> Sink {
+        let respond: Respond = Arc::new(respond);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let got = Arc::new(Mutex::new(Vec::new()));
@@ -417,9 +424,9 @@ impl Sink {
                 }
                 let Ok(stream) = stream else { continue };
                 let id = c.fetch_add(1, Ordering::Relaxed);
-                let (g, s) = (g.clone(), s.clone());
+                let (g, s, f) = (g.clone(), s.clone(), respond.clone());
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-                thread::spawn(move || serve_stream(stream, id, g, delay, s));
+                thread::spawn(move || serve_stream(stream, id, g, &*f, s));
             }
         });
         Sink { port, got, conns, stop }
@@ -454,13 +461,43 @@ impl Drop for Sink {
     }
 }
 
+/// How a peer answers one request: raw bytes in parts, each after its delay.
+pub type Respond = Arc<dyn Fn(&Recorded) -> Vec<(Duration, Vec<u8>)> + Send + Sync>;
+
+/// A raw HTTP/1.1 response: `Content-Length` framing, or chunked in two chunks.
+pub fn reply(status: u16, headers: &[(&str, &str)], body: &[u8], chunked: bool) -> Vec<u8> {
+    let mut out = format!("HTTP/1.1 {status} X\r\n");
+    for (n, v) in headers {
+        out.push_str(&format!("{n}: {v}\r\n"));
+    }
+    let mut out = if chunked {
+        out.push_str("Transfer-Encoding: chunked\r\n\r\n");
+        let mut out = out.into_bytes();
+        let (a, b) = body.split_at(body.len() / 2);
+        for part in [a, b] {
+            if !part.is_empty() {
+                out.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+                out.extend_from_slice(part);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        out.extend_from_slice(b"0\r\n\r\n");
+        return out;
+    } else {
+        out.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+        out.into_bytes()
+    };
+    out.extend_from_slice(body);
+    out
+}
+
 /// Serves HTTP/1.1 on one connection (plain or TLS): records each request, answers
-/// `200 ok` after `delay`.
+/// as `respond` says.
 pub fn serve_stream<S: Read + Write>(
     stream: S,
     id: usize,
     got: Arc<Mutex<Vec<Recorded>>>,
-    delay: Duration,
+    respond: &(dyn Fn(&Recorded) -> Vec<(Duration, Vec<u8>)> + Send + Sync),
     stop: Arc<AtomicBool>,
 ) {
     let mut r = BufReader::new(stream);
@@ -468,16 +505,18 @@ pub fn serve_stream<S: Read + Write>(
         let mut parts = line.split(' ');
         let method = parts.next().unwrap_or("").to_string();
         let uri = parts.next().unwrap_or("").to_string();
-        got.lock().unwrap().push(Recorded { method, uri, headers, body, conn: id, at: Instant::now() });
-        if !delay.is_zero() {
+        let req = Recorded { method, uri, headers, body, conn: id, at: Instant::now() };
+        let parts = respond(&req);
+        got.lock().unwrap().push(req);
+        for (delay, bytes) in parts {
             let end = Instant::now() + delay;
             while Instant::now() < end && !stop.load(Ordering::Relaxed) {
-                thread::sleep(Duration::from_millis(20));
+                thread::sleep(Duration::from_millis(20).min(delay));
             }
-        }
-        let w = r.get_mut();
-        if w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").is_err() || w.flush().is_err() {
-            return;
+            let w = r.get_mut();
+            if w.write_all(&bytes).is_err() || w.flush().is_err() {
+                return;
+            }
         }
     }
 }

@@ -1,0 +1,282 @@
+//! The join of one request's answers: the primary's (captured on the nginx thread),
+//! a baseline's and a candidate's (read on the runtime), then the verdict.
+//!
+//! The nginx thread publishes the primary's answer through a watch channel and
+//! never waits; a copy's task waits for it after its own exchange, within the
+//! copy's `async_mirror_timeout`. The copy's outcome is counted and its in-flight
+//! place given back before that wait, so comparison costs no mirror capacity.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+use tokio::sync::watch;
+
+use super::compare::{Answer, CompareSettings, Compared, compare};
+use super::difflog::{DiffLog, iso8601};
+use super::queue::Charge;
+use super::response::MirrorResponse;
+use super::verdict::{Tally, Uncompared, Verdict, VerdictStats};
+
+/// The primary's answer as the nginx thread last published it.
+#[derive(Debug, Clone)]
+pub enum PrimaryState {
+    Pending,
+    Done(Arc<Primary>),
+}
+
+/// The primary's answer and the bytes it holds in the worker's budget.
+#[derive(Debug)]
+pub struct Primary {
+    pub answer: Answer,
+    pub charge: Option<Charge>,
+}
+
+#[derive(Debug, Clone)]
+pub enum BaselineState {
+    Pending,
+    Answered(Arc<Answer>),
+    /// The baseline did not answer.
+    Missing,
+}
+
+/// The nginx thread's end: dropped without [`PrimaryTx::send`] (the response was
+/// aborted or never completed) tells the copies the primary is incomplete.
+pub struct PrimaryTx(watch::Sender<PrimaryState>);
+
+impl PrimaryTx {
+    pub fn send(&self, primary: Primary) {
+        let _ = self.0.send(PrimaryState::Done(Arc::new(primary)));
+    }
+}
+
+/// The primary's answer as the nginx thread's filters see it go by: the head from the
+/// header filter, then body bytes up to the limit from the body filter. Nothing here
+/// waits; the client's response passes on unchanged.
+pub struct PrimaryCapture {
+    tx: Option<PrimaryTx>,
+    settings: Arc<CompareSettings>,
+    head: Option<(u16, Vec<Option<Vec<u8>>>, Option<Vec<u8>>, Option<Vec<u8>>)>,
+    body: bytes::BytesMut,
+    skipped: Option<super::compare::Body>,
+    charge: Charge,
+}
+
+impl PrimaryCapture {
+    pub fn new(tx: PrimaryTx, settings: Arc<CompareSettings>, charge: Charge) -> PrimaryCapture {
+        PrimaryCapture { tx: Some(tx), settings, head: None, body: bytes::BytesMut::new(), skipped: None, charge }
+    }
+
+    pub fn settings(&self) -> &CompareSettings {
+        &self.settings
+    }
+
+    /// Whether body bytes are still wanted.
+    pub fn collecting(&self) -> bool {
+        self.tx.is_some() && self.skipped.is_none()
+    }
+
+    pub fn head(&mut self, status: u16, headers: Vec<Option<Vec<u8>>>, ctype: Option<Vec<u8>>, cenc: Option<Vec<u8>>) {
+        self.head = Some((status, headers, ctype, cenc));
+    }
+
+    /// In-memory body bytes; past the limit (or the worker's byte budget) the body is not compared.
+    pub fn data(&mut self, chunk: &[u8]) {
+        if !self.collecting() {
+            return;
+        }
+        if self.body.len() + chunk.len() > self.settings.max_body || !self.charge.grow(chunk.len()) {
+            self.too_large();
+            return;
+        }
+        self.body.extend_from_slice(chunk);
+    }
+
+    fn too_large(&mut self) {
+        self.skipped = Some(super::compare::Body::TooLarge);
+        self.release();
+    }
+
+    fn release(&mut self) {
+        self.body = bytes::BytesMut::new();
+        let spare = Charge::new(&self.charge.backlog());
+        drop(std::mem::replace(&mut self.charge, spare));
+    }
+
+    /// Body data in a file buffer, which the nginx thread never reads.
+    pub fn file(&mut self) {
+        if self.collecting() {
+            self.skipped = Some(super::compare::Body::File);
+            self.release();
+        }
+    }
+
+    /// The response is complete: publishes it (without a head, it stays incomplete).
+    pub fn finish(&mut self) {
+        let (Some(tx), Some((status, headers, content_type, content_encoding))) = (self.tx.take(), self.head.take())
+        else {
+            return;
+        };
+        let body = match self.skipped.take() {
+            Some(b) => b,
+            None => super::compare::Body::Complete(std::mem::take(&mut self.body).freeze()),
+        };
+        let charge = Charge::new(&self.charge.backlog());
+        let charge = Some(std::mem::replace(&mut self.charge, charge));
+        tx.send(Primary { answer: Answer { status, headers, content_type, content_encoding, body }, charge });
+    }
+
+    /// The response ended badly (the client went away): copies see it as incomplete.
+    pub fn abort(&mut self) {
+        self.tx = None;
+        self.release();
+    }
+}
+
+pub fn primary_channel() -> (PrimaryTx, watch::Receiver<PrimaryState>) {
+    let (tx, rx) = watch::channel(PrimaryState::Pending);
+    (PrimaryTx(tx), rx)
+}
+
+pub fn baseline_channel() -> (watch::Sender<BaselineState>, watch::Receiver<BaselineState>) {
+    watch::channel(BaselineState::Pending)
+}
+
+pub enum Role {
+    /// Compared with the primary; a difference the baseline shares is noise.
+    Candidate(Option<watch::Receiver<BaselineState>>),
+    /// Runs production's version: publishes its answer for the candidates.
+    Baseline(watch::Sender<BaselineState>),
+}
+
+/// What a copy needs to be compared.
+pub struct CompareJob {
+    pub settings: Arc<CompareSettings>,
+    pub endpoint: String,
+    pub primary: watch::Receiver<PrimaryState>,
+    pub role: Role,
+}
+
+/// Where verdicts go and what the log line names.
+pub struct Report<'a> {
+    pub stats: &'a VerdictStats,
+    pub log: &'a DiffLog,
+    pub target: &'a str,
+    pub method: &'a str,
+    pub uri: &'a str,
+}
+
+enum Wait<T> {
+    Got(T),
+    Incomplete,
+    Timeout,
+}
+
+async fn primary(rx: &mut watch::Receiver<PrimaryState>, deadline: Instant) -> Wait<Arc<Primary>> {
+    let wait = rx.wait_for(|s| matches!(s, PrimaryState::Done(_)));
+    match tokio::time::timeout_at(deadline.into(), wait).await {
+        Ok(Ok(s)) => match &*s {
+            PrimaryState::Done(p) => Wait::Got(p.clone()),
+            PrimaryState::Pending => Wait::Incomplete,
+        },
+        Ok(Err(_)) => Wait::Incomplete,
+        Err(_) => Wait::Timeout,
+    }
+}
+
+async fn baseline(rx: &mut watch::Receiver<BaselineState>, deadline: Instant) -> Option<Arc<Answer>> {
+    let wait = rx.wait_for(|s| !matches!(s, BaselineState::Pending));
+    match tokio::time::timeout_at(deadline.into(), wait).await {
+        Ok(Ok(s)) => match &*s {
+            BaselineState::Answered(a) => Some(a.clone()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+impl CompareJob {
+    /// Waits for what this copy is compared with, then counts (and logs) the verdict.
+    pub async fn settle(mut self, resp: Option<MirrorResponse>, deadline: Instant, report: Report<'_>) {
+        let mine = resp.map(|r| Arc::new(Answer::from_mirror(&r, &self.settings)));
+        if let Role::Baseline(tx) = &self.role {
+            let _ = tx.send(mine.clone().map_or(BaselineState::Missing, BaselineState::Answered));
+        }
+        let count = |verdict| {
+            report.stats.add(&Tally { endpoint: &self.endpoint, verdict, candidate: None, baseline: None });
+        };
+        let Some(mine) = mine else { return count(Verdict::Uncompared(Uncompared::NotDelivered)) };
+        let primary = match primary(&mut self.primary, deadline).await {
+            Wait::Got(p) => p,
+            Wait::Incomplete => return count(Verdict::Uncompared(Uncompared::PrimaryIncomplete)),
+            Wait::Timeout => return count(Verdict::Uncompared(Uncompared::Timeout)),
+        };
+        let ours = compare(&primary.answer, &mine, &self.settings);
+        let (verdict, tally) = match &mut self.role {
+            Role::Baseline(_) => {
+                let v = Verdict::of(&ours, None);
+                (v, Tally { endpoint: &self.endpoint, verdict: v, candidate: None, baseline: Some(&ours) })
+            }
+            Role::Candidate(rx) => {
+                let base = match rx {
+                    Some(rx) => baseline(rx, deadline).await.map(|b| compare(&primary.answer, &b, &self.settings)),
+                    None => None,
+                };
+                let v = Verdict::of(&ours, base.as_ref());
+                report.stats.add(&Tally {
+                    endpoint: &self.endpoint,
+                    verdict: v,
+                    candidate: Some(&ours),
+                    baseline: base.as_ref(),
+                });
+                if matches!(v, Verdict::Differ | Verdict::Noise) {
+                    self.log(&report, v, &primary.answer, &mine, &ours, base.as_ref());
+                }
+                return;
+            }
+        };
+        report.stats.add(&tally);
+        if matches!(verdict, Verdict::Differ | Verdict::Noise) {
+            self.log(&report, verdict, &primary.answer, &mine, &ours, None);
+        }
+    }
+
+    fn log(
+        &self,
+        report: &Report<'_>,
+        verdict: Verdict,
+        primary: &Answer,
+        mine: &Answer,
+        ours: &Compared,
+        base: Option<&Compared>,
+    ) {
+        let Some(log) = self.settings.log else { return };
+        report.log.push(log, || {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            let fields: Vec<_> = ours
+                .diffs
+                .iter()
+                .map(|d| {
+                    let mut f = json!({"field": d.field, "primary": d.primary, "mirror": d.other});
+                    if let Some(b) = base {
+                        f["baseline_differs"] = b.differs(&d.field).into();
+                    }
+                    f
+                })
+                .collect();
+            let line = json!({
+                "time": iso8601(now),
+                "target": report.target,
+                "endpoint": self.endpoint,
+                "method": report.method,
+                "uri": report.uri,
+                "verdict": verdict.label(),
+                "role": match self.role { Role::Baseline(_) => "baseline", Role::Candidate(_) => "candidate" },
+                "status": {"primary": primary.status, "mirror": mine.status},
+                "fields": fields,
+                "body_digest": {"primary": primary.digest(), "mirror": mine.digest()},
+            });
+            line.to_string()
+        });
+    }
+}
