@@ -10,13 +10,15 @@ NGINX=$PWD/build/nginx
 MODULE=$PWD/build/ngx_http_async_mirror_module.so
 FRONT_PORT=${FRONT_PORT:-18080} BACKEND_PORT=${BACKEND_PORT:-18081}
 SINK_PORT=${SINK_PORT:-18082} DEAD_PORT=${DEAD_PORT:-18089}
+CANDIDATE_PORT=${CANDIDATE_PORT:-18083} BASELINE_PORT=${BASELINE_PORT:-18084}
 REQUESTS=${REQUESTS:-200}
 
 rm -rf "$PREFIX" && mkdir -p "$PREFIX/logs"
 render() {
     sed -e "s|@PREFIX@|$PREFIX|g" -e "s|@MODULE@|$MODULE|g" -e "s|@FRONT_PORT@|$FRONT_PORT|g" \
         -e "s|@BACKEND_PORT@|$BACKEND_PORT|g" -e "s|@SINK_PORT@|$SINK_PORT|g" \
-        -e "s|@DEAD_PORT@|$DEAD_PORT|g" "nginx-conf/demo/$1" > "$PREFIX/$1"
+        -e "s|@DEAD_PORT@|$DEAD_PORT|g" -e "s|@CANDIDATE_PORT@|$CANDIDATE_PORT|g" \
+        -e "s|@BASELINE_PORT@|$BASELINE_PORT|g" "nginx-conf/demo/$1" > "$PREFIX/$1"
 }
 render peers.conf
 render front.conf
@@ -64,6 +66,30 @@ echo "== the module's counters: curl http://127.0.0.1:$FRONT_PORT/mirror-status 
 curl -s "http://127.0.0.1:$FRONT_PORT/mirror-status" \
     | grep -E '^nginx_async_mirror_(copies|connections|breaker)' | grep -v ' 0$' | sed 's/^/   /'
 echo "   (the refused target's breaker opened after 3 consecutive failures: the rest were dropped without a connect)"
+
+echo "== comparing a candidate with production: $REQUESTS requests to /api/ (candidate + baseline)"
+urls=(); for i in $(seq "$REQUESTS"); do urls+=("http://127.0.0.1:$FRONT_PORT/api/item?id=$i"); done
+curl -s --fail "${urls[@]}" > /dev/null
+want=$((REQUESTS * 2))
+for _ in $(seq 50); do
+    got=$(curl -s "http://127.0.0.1:$FRONT_PORT/mirror-status" | grep '^nginx_async_mirror_comparisons_total' \
+        | awk '{ s += $2 } END { print s + 0 }')
+    [ "$got" -ge "$want" ] && break
+    sleep 0.1
+done
+echo "   verdicts (candidate: price wrong for 1 in 10; request_id differs everywhere, so it is noise):"
+curl -s "http://127.0.0.1:$FRONT_PORT/mirror-status" | grep '^nginx_async_mirror_comparisons_total' \
+    | grep -v ' 0$' | sed 's/^/   /'
+echo "   fields that differed, candidate beside baseline:"
+curl -s "http://127.0.0.1:$FRONT_PORT/mirror-status" | grep '^nginx_async_mirror_differences_total' \
+    | grep "$CANDIDATE_PORT" | sed 's/^/   /'
+sleep 0.5  # mismatch lines are written every 250 ms
+echo "== one line of the mismatch log ($PREFIX/logs/compare.log), of $(wc -l < "$PREFIX/logs/compare.log"):"
+head -1 "$PREFIX/logs/compare.log" | sed 's/^/   /'
+echo "   (at most rate=10 lines/s per worker; the rest are counted:)"
+curl -s "http://127.0.0.1:$FRONT_PORT/mirror-status" | grep '^nginx_async_mirror_compare_log_lines_total' \
+    | sed 's/^/   /'
+
 stop "$PREFIX/logs/nginx.pid"
 echo "== mirror errors go to the error log, at most one line per target per second per worker:"
 grep 'while mirroring to' "$PREFIX/logs/error.log" | head -3 | sed 's/^.*\[warn\]/   [warn]/' || true

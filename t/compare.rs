@@ -25,7 +25,12 @@ fn api(req: &Recorded, tweak: &dyn Fn(&str, &mut Value)) -> Vec<u8> {
     let body = doc.to_string().into_bytes();
     if path.starts_with("/gz") {
         // Opaque bytes said to be gzip: compared as bytes, never decoded.
-        return reply(200, &[("Content-Type", "application/json"), ("Content-Encoding", "gzip")], b"\x1f\x8b\x08gz", false);
+        return reply(
+            200,
+            &[("Content-Type", "application/json"), ("Content-Encoding", "gzip")],
+            b"\x1f\x8b\x08gz",
+            false,
+        );
     }
     reply(200, &[("Content-Type", "application/json")], &body, path.starts_with("/chunked"))
 }
@@ -71,7 +76,8 @@ impl Verdicts {
                     *out.verdicts.entry((ep.clone(), k.clone())).or_default() += v.as_u64().unwrap();
                 }
                 for f in e["fields"].as_array().unwrap() {
-                    let c = out.fields.entry((ep.clone(), f["field"].as_str().unwrap().to_string())).or_default();
+                    let c =
+                        out.fields.entry((ep.clone(), f["field"].as_str().unwrap().to_string())).or_default();
                     c[0] += f["candidate"].as_u64().unwrap();
                     c[1] += f["baseline"].as_u64().unwrap();
                 }
@@ -177,7 +183,10 @@ fn each_kind_of_difference_is_named_once_with_both_values() {
         vec![(Duration::ZERO, answer)]
     });
     let text_primary = Sink::answering(|_| {
-        vec![(Duration::ZERO, reply(200, &[("Content-Type", "text/plain"), ("X-Version", "1")], b"primary text", false))]
+        vec![(
+            Duration::ZERO,
+            reply(200, &[("Content-Type", "text/plain"), ("X-Version", "1")], b"primary text", false),
+        )]
     });
     let server = format!(
         "async_mirror_compare on;
@@ -223,15 +232,29 @@ fn each_kind_of_difference_is_named_once_with_both_values() {
     assert_eq!((s["method"].as_str(), s["verdict"].as_str()), (Some("GET"), Some("differ")));
     assert_eq!(s["target"], candidate.url());
     let h = by_uri("/h");
-    assert_eq!((h["fields"][0]["primary"].as_str(), h["fields"][0]["mirror"].as_str()), (Some("(none)"), Some("2")));
+    assert_eq!(
+        (h["fields"][0]["primary"].as_str(), h["fields"][0]["mirror"].as_str()),
+        (Some("(none)"), Some("2"))
+    );
     let j = by_uri("/j");
     assert_eq!(j["fields"][0]["field"], "json:$.items[*].price");
-    assert_eq!((j["fields"][0]["primary"].as_str(), j["fields"][0]["mirror"].as_str()), (Some("6"), Some("7")));
+    assert_eq!(
+        (j["fields"][0]["primary"].as_str(), j["fields"][0]["mirror"].as_str()),
+        (Some("6"), Some("7"))
+    );
     let t = by_uri("/t");
     let digests = &t["body_digest"];
     assert!(digests["primary"].as_str().unwrap().starts_with("fnv1a64:"));
     assert_ne!(digests["primary"], digests["mirror"]);
     assert!(t["time"].as_str().unwrap().ends_with('Z'));
+    // Rotation: after a move and `nginx -s reopen`, lines go to the new file.
+    let moved = ng.prefix.join("logs/compare.log.1");
+    std::fs::rename(&path, &moved).unwrap();
+    ng.signal(libc::SIGUSR1);
+    assert!(wait_until(Duration::from_secs(5), || path.exists()), "reopen created the file");
+    assert_eq!(get_once(ng.port, "/s").unwrap().status, 200);
+    assert!(wait_until(Duration::from_secs(5), || log_lines(&path).len() == 1));
+    assert_eq!(log_lines(&moved).len(), 4);
     ng.quit();
 }
 
@@ -285,7 +308,9 @@ fn a_body_over_the_limit_leaves_status_and_headers_compared() {
     let candidate = Sink::answering(|req| {
         let body = api(req, &|_: &str, doc: &mut Value| doc["pad"] = "y".repeat(4000).into());
         let body = match req.uri.as_str() {
-            "/hdr" => String::from_utf8(body).unwrap().replacen("application/json", "text/json", 1).into_bytes(),
+            "/hdr" => {
+                String::from_utf8(body).unwrap().replacen("application/json", "text/json", 1).into_bytes()
+            }
             _ => body,
         };
         vec![(Duration::ZERO, body)]
@@ -302,7 +327,7 @@ fn a_body_over_the_limit_leaves_status_and_headers_compared() {
         proxy = proxy_to(primary.port)
     );
     let ng = Nginx::start("cmp-large", 1, "", &front(&server, ""));
-    assert_eq!(get_once(ng.port, "/same").unwrap().body.len() > 4000, true);
+    assert!(get_once(ng.port, "/same").unwrap().body.len() > 4000);
     get_once(ng.port, "/hdr").unwrap();
     let v = settled(ng.port, &candidate.url(), 2);
     assert_eq!(v.get("/same", "uncompared_body_too_large"), 1, "{v:?}");

@@ -55,7 +55,13 @@ impl TlsSink {
                         }
                     }
                     n.lock().unwrap().push(tls.conn.server_name().map(str::to_string));
-                    serve_stream(tls, id, g, &|_| vec![(Duration::ZERO, reply(200, &[], b"ok", false))], Arc::default());
+                    serve_stream(
+                        tls,
+                        id,
+                        g,
+                        &|_| vec![(Duration::ZERO, reply(200, &[], b"ok", false))],
+                        Arc::default(),
+                    );
                 });
             }
         });

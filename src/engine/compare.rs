@@ -170,7 +170,8 @@ pub fn compare(primary: &Answer, other: &Answer, settings: &CompareSettings) -> 
         (Body::Complete(a), Body::Complete(b)) => (a, b),
     };
     let (ea, eb) = (primary.content_encoding.as_deref(), other.content_encoding.as_deref());
-    let same_encoding = (identity(ea) && identity(eb)) || ea.map(<[u8]>::to_ascii_lowercase) == eb.map(<[u8]>::to_ascii_lowercase);
+    let same_encoding = (identity(ea) && identity(eb))
+        || ea.map(<[u8]>::to_ascii_lowercase) == eb.map(<[u8]>::to_ascii_lowercase);
     if !same_encoding {
         out.body_skipped = Some(BodySkip::Encoding);
         return out;
@@ -222,7 +223,8 @@ fn json_diff(a: &Value, b: &Value, path: &mut String, settings: &CompareSettings
     }
     match (a, b) {
         (Value::Object(ma), Value::Object(mb)) => {
-            let mut keys: Vec<&String> = ma.keys().chain(mb.keys().filter(|k| !ma.contains_key(*k))).collect();
+            let mut keys: Vec<&String> =
+                ma.keys().chain(mb.keys().filter(|k| !ma.contains_key(*k))).collect();
             keys.sort();
             for k in keys {
                 let len = path.len();
@@ -240,7 +242,10 @@ fn json_diff(a: &Value, b: &Value, path: &mut String, settings: &CompareSettings
         }
         (Value::Array(xa), Value::Array(xb)) => {
             if xa.len() != xb.len() {
-                let (la, lb) = (Value::from(format!("length {}", xa.len())), Value::from(format!("length {}", xb.len())));
+                let (la, lb) = (
+                    Value::from(format!("length {}", xa.len())),
+                    Value::from(format!("length {}", xb.len())),
+                );
                 record(path, Some(&la), Some(&lb), diffs);
             }
             let len = path.len();
@@ -339,7 +344,11 @@ mod tests {
         let c = compare(&p, &answer(500, "1", "x"), &s);
         assert_eq!(fields(&c), ["status", "body"], "a non-JSON body is a digest");
         assert_eq!((c.diffs[0].primary.as_str(), c.diffs[0].other.as_str()), ("200", "500"));
-        let c = compare(&p, &answer(200, "2", r#"{"a":1,"items":[{"id":9,"price":5},{"id":8,"price":7}],"timestamp":2}"#), &s);
+        let c = compare(
+            &p,
+            &answer(200, "2", r#"{"a":1,"items":[{"id":9,"price":5},{"id":8,"price":7}],"timestamp":2}"#),
+            &s,
+        );
         assert_eq!(fields(&c), ["header:x-version", "json:$.items[*].price"]);
         assert_eq!((c.diffs[1].primary.as_str(), c.diffs[1].other.as_str()), ("6", "7"));
         let c = compare(&p, &answer(200, "1", r#"{"items":[],"timestamp":1,"new":true}"#), &s);
@@ -385,7 +394,8 @@ mod tests {
     fn many_differences_are_bounded_and_values_truncated() {
         let s = settings();
         let wide = |v: u32| {
-            let m: serde_json::Map<String, Value> = (0..100).map(|i| (format!("k{i}"), Value::from(v))).collect();
+            let m: serde_json::Map<String, Value> =
+                (0..100).map(|i| (format!("k{i}"), Value::from(v))).collect();
             Value::Object(m).to_string()
         };
         let c = compare(&answer(200, "1", &wide(1)), &answer(200, "1", &wide(2)), &s);

@@ -296,7 +296,11 @@ mod tests {
         assert!(stats.summary().starts_with("attempted=3 ok=1 "));
         Ticket::deferred(stats.clone()).discard();
         drop(Ticket::deferred(stats.clone()));
-        assert_eq!((stats.attempted(), stats.finished()), (3, 3), "held copies never confirmed are not copies");
+        assert_eq!(
+            (stats.attempted(), stats.finished()),
+            (3, 3),
+            "held copies never confirmed are not copies"
+        );
         let mut t = Ticket::deferred(stats.clone());
         t.confirm();
         t.finish(Outcome::Ok);

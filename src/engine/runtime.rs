@@ -11,15 +11,15 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use super::body::{self, BodyRx, BodyTx};
 use super::copy::{self, Admission, Copy, CopyOptions};
-use super::ids::{Table, TargetId};
 use super::difflog::DiffLog;
+use super::ids::{Table, TargetId};
 use super::logq::LogQueue;
-use super::shadow::Report;
-use super::verdict::EndpointCounts;
 use super::outcome::{DropReason, Outcome, TargetStats, Ticket};
 use super::parse::TargetSpec;
 use super::queue::{Backlog, Charge};
+use super::shadow::Report;
 use super::target::{ClientSettings, Target};
+use super::verdict::EndpointCounts;
 
 /// Worker-wide settings from the http-level directives.
 #[derive(Debug, Clone)]
@@ -215,7 +215,13 @@ impl Drop for Engine {
 const BATCH: Duration = Duration::from_millis(1);
 const IDLE: Duration = Duration::from_millis(100);
 
-async fn dispatch(target: Arc<Target>, mut rx: UnboundedReceiver<Copy>, clock: Clock, difflog: Arc<DiffLog>, backlog: Arc<Backlog>) {
+async fn dispatch(
+    target: Arc<Target>,
+    mut rx: UnboundedReceiver<Copy>,
+    clock: Clock,
+    difflog: Arc<DiffLog>,
+    backlog: Arc<Backlog>,
+) {
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
     let mut busy_until: Option<Instant> = None;
     loop {

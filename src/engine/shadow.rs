@@ -56,7 +56,8 @@ impl PrimaryTx {
 pub struct PrimaryCapture {
     tx: Option<PrimaryTx>,
     settings: Arc<CompareSettings>,
-    head: Option<(u16, Vec<Option<Vec<u8>>>, Option<Vec<u8>>, Option<Vec<u8>>)>,
+    /// The answer without its body, once the header filter ran.
+    head: Option<Answer>,
     body: bytes::BytesMut,
     skipped: Option<super::compare::Body>,
     charge: Charge,
@@ -64,7 +65,14 @@ pub struct PrimaryCapture {
 
 impl PrimaryCapture {
     pub fn new(tx: PrimaryTx, settings: Arc<CompareSettings>, charge: Charge) -> PrimaryCapture {
-        PrimaryCapture { tx: Some(tx), settings, head: None, body: bytes::BytesMut::new(), skipped: None, charge }
+        PrimaryCapture {
+            tx: Some(tx),
+            settings,
+            head: None,
+            body: bytes::BytesMut::new(),
+            skipped: None,
+            charge,
+        }
     }
 
     pub fn settings(&self) -> &CompareSettings {
@@ -76,8 +84,16 @@ impl PrimaryCapture {
         self.tx.is_some() && self.skipped.is_none()
     }
 
-    pub fn head(&mut self, status: u16, headers: Vec<Option<Vec<u8>>>, ctype: Option<Vec<u8>>, cenc: Option<Vec<u8>>) {
-        self.head = Some((status, headers, ctype, cenc));
+    /// The response header: the status and the listed headers, in settings order.
+    pub fn head(
+        &mut self,
+        status: u16,
+        headers: Vec<Option<Vec<u8>>>,
+        content_type: Option<Vec<u8>>,
+        content_encoding: Option<Vec<u8>>,
+    ) {
+        let body = super::compare::Body::Complete(bytes::Bytes::new());
+        self.head = Some(Answer { status, headers, content_type, content_encoding, body });
     }
 
     /// In-memory body bytes; past the limit (or the worker's byte budget) the body is not compared.
@@ -113,17 +129,14 @@ impl PrimaryCapture {
 
     /// The response is complete: publishes it (without a head, it stays incomplete).
     pub fn finish(&mut self) {
-        let (Some(tx), Some((status, headers, content_type, content_encoding))) = (self.tx.take(), self.head.take())
-        else {
-            return;
-        };
-        let body = match self.skipped.take() {
+        let (Some(tx), Some(mut answer)) = (self.tx.take(), self.head.take()) else { return };
+        answer.body = match self.skipped.take() {
             Some(b) => b,
             None => super::compare::Body::Complete(std::mem::take(&mut self.body).freeze()),
         };
         let charge = Charge::new(&self.charge.backlog());
         let charge = Some(std::mem::replace(&mut self.charge, charge));
-        tx.send(Primary { answer: Answer { status, headers, content_type, content_encoding, body }, charge });
+        tx.send(Primary { answer, charge });
     }
 
     /// The response ended badly (the client went away): copies see it as incomplete.
@@ -212,39 +225,31 @@ impl CompareJob {
             Wait::Timeout => return count(Verdict::Uncompared(Uncompared::Timeout)),
         };
         let ours = compare(&primary.answer, &mine, &self.settings);
-        let (verdict, tally) = match &mut self.role {
+        let base = match &mut self.role {
+            // A baseline's differences are the noise floor: counted on its own row.
             Role::Baseline(_) => {
-                let v = Verdict::of(&ours, None);
-                (v, Tally { endpoint: &self.endpoint, verdict: v, candidate: None, baseline: Some(&ours) })
-            }
-            Role::Candidate(rx) => {
-                let base = match rx {
-                    Some(rx) => baseline(rx, deadline).await.map(|b| compare(&primary.answer, &b, &self.settings)),
-                    None => None,
-                };
-                let v = Verdict::of(&ours, base.as_ref());
-                report.stats.add(&Tally {
-                    endpoint: &self.endpoint,
-                    verdict: v,
-                    candidate: Some(&ours),
-                    baseline: base.as_ref(),
-                });
-                if matches!(v, Verdict::Differ | Verdict::Noise) {
-                    self.log(&report, v, &primary.answer, &mine, &ours, base.as_ref());
-                }
+                let verdict = Verdict::of(&ours, None);
+                let endpoint = &self.endpoint;
+                report.stats.add(&Tally { endpoint, verdict, candidate: None, baseline: Some(&ours) });
                 return;
             }
+            Role::Candidate(Some(rx)) => {
+                baseline(rx, deadline).await.map(|b| compare(&primary.answer, &b, &self.settings))
+            }
+            Role::Candidate(None) => None,
         };
-        report.stats.add(&tally);
-        if matches!(verdict, Verdict::Differ | Verdict::Noise) {
-            self.log(&report, verdict, &primary.answer, &mine, &ours, None);
+        let verdict = Verdict::of(&ours, base.as_ref());
+        let endpoint = &self.endpoint;
+        report.stats.add(&Tally { endpoint, verdict, candidate: Some(&ours), baseline: base.as_ref() });
+        // Only what is actionable is logged: noise would spend the line rate on itself.
+        if verdict == Verdict::Differ {
+            self.log(&report, &primary.answer, &mine, &ours, base.as_ref());
         }
     }
 
     fn log(
         &self,
         report: &Report<'_>,
-        verdict: Verdict,
         primary: &Answer,
         mine: &Answer,
         ours: &Compared,
@@ -270,8 +275,7 @@ impl CompareJob {
                 "endpoint": self.endpoint,
                 "method": report.method,
                 "uri": report.uri,
-                "verdict": verdict.label(),
-                "role": match self.role { Role::Baseline(_) => "baseline", Role::Candidate(_) => "candidate" },
+                "verdict": "differ",
                 "status": {"primary": primary.status, "mirror": mine.status},
                 "fields": fields,
                 "body_digest": {"primary": primary.digest(), "mirror": mine.digest()},

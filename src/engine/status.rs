@@ -164,7 +164,8 @@ const FAMILIES: &[Family] = &[
                         "" => String::new(),
                         r => format!(",reason=\"{r}\""),
                     };
-                    let labels = format!(",endpoint=\"{}\",verdict=\"{}\"{reason}", label(&e.name), v.label());
+                    let labels =
+                        format!(",endpoint=\"{}\",verdict=\"{}\"{reason}", label(&e.name), v.label());
                     out.push(("", labels, e.verdicts[v.slot()].to_string()));
                 }
             }
@@ -265,9 +266,15 @@ pub fn json(s: &Snapshot) -> String {
         let count = t.counters[slot::DURATION_COUNT];
         let mean_ms =
             if count > 0 { t.counters[slot::DURATION_SUM_US] as f64 / count as f64 / 1000.0 } else { 0.0 };
-        let _ = write!(o, "}},\"duration_count\":{count},\"duration_mean_ms\":{mean_ms:.3},\"comparisons\":[");
+        let _ =
+            write!(o, "}},\"duration_count\":{count},\"duration_mean_ms\":{mean_ms:.3},\"comparisons\":[");
         for (k, e) in t.compare.iter().enumerate() {
-            let _ = write!(o, "{}{{\"endpoint\":{},\"verdicts\":{{", if k > 0 { "," } else { "" }, json_str(&e.name));
+            let _ = write!(
+                o,
+                "{}{{\"endpoint\":{},\"verdicts\":{{",
+                if k > 0 { "," } else { "" },
+                json_str(&e.name)
+            );
             for (i, v) in Verdict::ALL.iter().enumerate() {
                 let _ = write!(o, "{}\"{}\":{}", if i > 0 { "," } else { "" }, v.key(), e.verdicts[i]);
             }
@@ -286,9 +293,9 @@ pub fn json(s: &Snapshot) -> String {
         }
         o.push_str("]}");
     }
-    let _ = write!(
+    let _ = writeln!(
         o,
-        "],\"compare_log_lines\":{{\"written\":{},\"suppressed\":{},\"failed\":{}}}}}\n",
+        "],\"compare_log_lines\":{{\"written\":{},\"suppressed\":{},\"failed\":{}}}}}",
         s.log_lines[0], s.log_lines[1], s.log_lines[2]
     );
     o

@@ -19,7 +19,6 @@ use super::body::{self, CopyBody};
 use super::breaker::Breaker;
 use super::connect::{self, Alpn};
 use super::copy::{Copy, CopyOptions};
-use super::verdict::VerdictStats;
 use super::http1::{self, ExchangeError};
 use super::http2;
 use super::ids::TargetId;
@@ -28,6 +27,7 @@ use super::outcome::{DropReason, FailReason, Failure, Outcome, TargetStats};
 use super::parse::{Dest, TargetSpec};
 use super::pool::{CONNECTS_IN_PROGRESS, Checkout, Key, Limits, Pool, Pooled, Slot};
 use super::response::MirrorResponse;
+use super::verdict::VerdictStats;
 
 /// Per-target connection settings (from the http-level directives).
 #[derive(Debug, Clone, Copy)]
@@ -258,8 +258,7 @@ impl Target {
                     let conn = self.connect_h1(job, slot).await;
                     drop(permit);
                     self.limits.notify.notify_waiters();
-                    return settle(Box::pin(self.exchange_h1(conn?, req, job)).await)
-                        .map_err(Miss::from);
+                    return settle(Box::pin(self.exchange_h1(conn?, req, job)).await).map_err(Miss::from);
                 }
                 Checkout::Full => drop(permit),
             }

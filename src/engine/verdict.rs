@@ -277,7 +277,12 @@ mod tests {
         let many: Vec<String> = (0..100).map(|i| format!("json:$.f{i}")).collect();
         let refs: Vec<&str> = many.iter().map(String::as_str).collect();
         let wide = diffs(&refs);
-        s.add(&Tally { endpoint: "/e0", verdict: Verdict::Differ, candidate: Some(&wide), baseline: Some(&c) });
+        s.add(&Tally {
+            endpoint: "/e0",
+            verdict: Verdict::Differ,
+            candidate: Some(&wide),
+            baseline: Some(&c),
+        });
         let snap = s.try_snapshot().unwrap();
         assert_eq!(snap.len(), ENDPOINTS + 1);
         assert_eq!(snap.last().unwrap().name, OTHER);

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
-    NGX_LOG_EMERG, NGX_OK, ngx_command_t, ngx_conf_t, ngx_http_compile_complex_value,
+    NGX_LOG_EMERG, NGX_OK, ngx_command_t, ngx_conf_open_file, ngx_conf_t, ngx_http_compile_complex_value,
     ngx_http_compile_complex_value_t, ngx_http_complex_value_t, ngx_pcalloc, ngx_shared_memory_add,
-    ngx_conf_open_file, ngx_str_t,
+    ngx_str_t,
 };
 use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
 use ngx::ngx_conf_log_error;
@@ -412,7 +412,11 @@ directive!(cmd_primary_status, LocConf, |_cf, lc, args| {
             }
             _ => match a.parse::<u16>() {
                 Ok(code @ 100..=599) if b.len() == 3 => (code, code),
-                _ => return Err(format!("invalid status \"{a}\" (expected a code 100..599 or 1xx..5xx)").into()),
+                _ => {
+                    return Err(
+                        format!("invalid status \"{a}\" (expected a code 100..599 or 1xx..5xx)").into()
+                    );
+                }
             },
         };
         ranges.push(range);

@@ -11,16 +11,16 @@ use super::process::{Selection, with_engine};
 use super::request::{HeaderIter, eval, str_bytes};
 use crate::engine::compare::CompareSettings;
 use crate::engine::job::CaptureError;
+use crate::engine::parse::{Dest, parse_dest};
 use crate::engine::queue::Charge;
+use crate::engine::sample::{PPM, key_bucket};
 use crate::engine::shadow::{
     BaselineState, CompareJob, PrimaryCapture, PrimaryState, Role, baseline_channel, primary_channel,
 };
 use crate::engine::verdict::bounded_name;
+use crate::engine::{DropReason, Engine, HeaderEdits, Outcome, RequestHead};
 use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
 use tokio::sync::watch;
-use crate::engine::parse::{Dest, parse_dest};
-use crate::engine::sample::{PPM, key_bucket};
-use crate::engine::{DropReason, Engine, HeaderEdits, Outcome, RequestHead};
 
 /// Always declines: the request goes on exactly as without the module, whatever happens here.
 pub unsafe extern "C" fn precontent_handler<M: Registered>(r: *mut ngx_http_request_t) -> ngx_int_t {
@@ -203,7 +203,8 @@ impl Shadow {
             .primary
             .get_or_insert_with(|| {
                 let (tx, rx) = primary_channel();
-                ctx.primary = Some(PrimaryCapture::new(tx, self.settings.clone(), Charge::new(engine.backlog())));
+                ctx.primary =
+                    Some(PrimaryCapture::new(tx, self.settings.clone(), Charge::new(engine.backlog())));
                 rx
             })
             .clone();

@@ -12,7 +12,8 @@ use ngx::ffi::{
     NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE,
     NGX_HTTP_SRV_CONF, NGX_HTTP_VAR_NOCACHEABLE, NGX_LOG_EMERG, ngx_array_push, ngx_command_t, ngx_conf_t,
     ngx_http_add_variable, ngx_http_handler_pt, ngx_http_module_t, ngx_http_phases_NGX_HTTP_PRECONTENT_PHASE,
-    ngx_http_top_body_filter, ngx_http_top_header_filter, ngx_http_top_request_body_filter, ngx_int_t, ngx_module_t, ngx_str_t, ngx_uint_t,
+    ngx_http_top_body_filter, ngx_http_top_header_filter, ngx_http_top_request_body_filter, ngx_int_t,
+    ngx_module_t, ngx_str_t, ngx_uint_t,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, Merge, NgxHttpCoreModule};
 use ngx::{ngx_conf_log_error, ngx_string};
@@ -176,7 +177,11 @@ pub static mut COMMANDS: [ngx_command_t; 29] = [
     command(ngx_string!("async_mirror_status"), NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS, cmd_status::<M>),
     command(ngx_string!("async_mirror_compare"), HSL | NGX_CONF_TAKE1, cmd_compare::<M>),
     command(ngx_string!("async_mirror_compare_headers"), HSL | NGX_CONF_1MORE, cmd_compare_headers::<M>),
-    command(ngx_string!("async_mirror_compare_ignore_json"), HSL | NGX_CONF_1MORE, cmd_compare_ignore_json::<M>),
+    command(
+        ngx_string!("async_mirror_compare_ignore_json"),
+        HSL | NGX_CONF_1MORE,
+        cmd_compare_ignore_json::<M>,
+    ),
     command(ngx_string!("async_mirror_compare_max_body"), HSL | NGX_CONF_TAKE1, cmd_compare_max_body::<M>),
     command(ngx_string!("async_mirror_compare_key"), HSL | NGX_CONF_TAKE1, cmd_compare_key::<M>),
     command(ngx_string!("async_mirror_compare_log"), HSL | NGX_CONF_TAKE12, cmd_compare_log::<M>),

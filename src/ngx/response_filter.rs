@@ -10,8 +10,8 @@
 //! is compared by status and headers.
 
 use ngx::ffi::{
-    NGX_ERROR, ngx_chain_t, ngx_http_output_body_filter_pt, ngx_http_output_header_filter_pt, ngx_http_request_t,
-    ngx_int_t,
+    NGX_ERROR, ngx_chain_t, ngx_http_output_body_filter_pt, ngx_http_output_header_filter_pt,
+    ngx_http_request_t, ngx_int_t,
 };
 
 use super::conf::RESPONSE_FILTERS;
@@ -80,7 +80,9 @@ fn on_header(r: &ngx_http_request_t, ctx: &mut RequestCtx) {
                     }
                     Some(v)
                 }
-                "content-length" => u64::try_from(out.content_length_n).ok().map(|n| n.to_string().into_bytes()),
+                "content-length" => {
+                    u64::try_from(out.content_length_n).ok().map(|n| n.to_string().into_bytes())
+                }
                 _ => HeaderIter::new(&out.headers)
                     .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
                     .map(|(_, v)| v.to_vec()),

@@ -149,7 +149,8 @@ fn find_or_claim<'a, T>(
             match settled(state(s)) {
                 READY if matches(s) => return Some(s),
                 FREE => {
-                    if state(s).compare_exchange(FREE, CLAIMING, Ordering::AcqRel, Ordering::Acquire).is_err() {
+                    if state(s).compare_exchange(FREE, CLAIMING, Ordering::AcqRel, Ordering::Acquire).is_err()
+                    {
                         continue;
                     }
                     if init(s) {
@@ -197,7 +198,8 @@ impl EndpointSlot {
                 e.fields.push((String::from_utf8_lossy(f.name.get()).into_owned(), counts));
             }
         }
-        let other = [self.other_field[0].load(Ordering::Relaxed), self.other_field[1].load(Ordering::Relaxed)];
+        let other =
+            [self.other_field[0].load(Ordering::Relaxed), self.other_field[1].load(Ordering::Relaxed)];
         if other != [0, 0] {
             e.fields.push((OTHER.to_string(), other));
         }
@@ -251,7 +253,8 @@ impl Zone {
     }
 
     fn slot_index(&self, slot: &Slot) -> usize {
-        (std::ptr::from_ref(slot) as usize - self.header.as_ptr().wrapping_add(1) as usize) / size_of::<Slot>()
+        (std::ptr::from_ref(slot) as usize - self.header.as_ptr().wrapping_add(1) as usize)
+            / size_of::<Slot>()
     }
 
     /// The endpoint `name` of target `slot`: claimed on first use, the target's `other`
@@ -502,9 +505,11 @@ unsafe fn create_table(zone: &ngx_shm_zone_t) -> Option<Zone> {
     unsafe { (*sp).set_log_nomem(0) };
     // Half the zone for targets, the rest for the endpoints comparisons name.
     let mut capacity = (zone.shm.size / 2 / size_of::<Slot>()).max(1);
-    let mut endpoints = zone.shm.size.saturating_sub(capacity * size_of::<Slot>()) / size_of::<EndpointSlot>();
+    let mut endpoints =
+        zone.shm.size.saturating_sub(capacity * size_of::<Slot>()) / size_of::<EndpointSlot>();
     while capacity > 0 {
-        let bytes = size_of::<Header>() + capacity * size_of::<Slot>() + endpoints * size_of::<EndpointSlot>();
+        let bytes =
+            size_of::<Header>() + capacity * size_of::<Slot>() + endpoints * size_of::<EndpointSlot>();
         // SAFETY: allocation from the zone's own pool while the master loads configuration.
         let p = unsafe { ngx_slab_alloc(sp, bytes) };
         if !p.is_null() {

@@ -409,7 +409,9 @@ impl Sink {
 
     /// A peer that records every request and answers what `respond` says: the raw
     /// response bytes (see [`reply`]) in parts, each written after its delay.
-    pub fn answering(respond: impl Fn(&Recorded) -> Vec<(Duration, Vec<u8>)> + Send + Sync + 'static) -> Sink {
+    pub fn answering(
+        respond: impl Fn(&Recorded) -> Vec<(Duration, Vec<u8>)> + Send + Sync + 'static,
+    ) -> Sink {
         let respond: Respond = Arc::new(respond);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -462,7 +464,8 @@ impl Drop for Sink {
 }
 
 /// How a peer answers one request: raw bytes in parts, each after its delay.
-pub type Respond = Arc<dyn Fn(&Recorded) -> Vec<(Duration, Vec<u8>)> + Send + Sync>;
+pub type Answer = dyn Fn(&Recorded) -> Vec<(Duration, Vec<u8>)> + Send + Sync;
+pub type Respond = Arc<Answer>;
 
 /// A raw HTTP/1.1 response: `Content-Length` framing, or chunked in two chunks.
 pub fn reply(status: u16, headers: &[(&str, &str)], body: &[u8], chunked: bool) -> Vec<u8> {
@@ -497,7 +500,7 @@ pub fn serve_stream<S: Read + Write>(
     stream: S,
     id: usize,
     got: Arc<Mutex<Vec<Recorded>>>,
-    respond: &(dyn Fn(&Recorded) -> Vec<(Duration, Vec<u8>)> + Send + Sync),
+    respond: &Answer,
     stop: Arc<AtomicBool>,
 ) {
     let mut r = BufReader::new(stream);
