@@ -49,7 +49,7 @@ fn valid_configuration_passes() {
            location /off { async_mirror off; async_mirror_mark_header off; }
            location /cmp { async_mirror http://127.0.0.1:5; async_mirror http://127.0.0.1:6 baseline;
              async_mirror_compare on; async_mirror_compare_headers Content-Type ETag;
-             async_mirror_compare_ignore_json $.a $.b[3].c $[\"x y\"]; async_mirror_compare_max_body 1m;
+             async_mirror_compare_ignore_json $.a $.b[3].c '$[\"x y\"]'; async_mirror_compare_max_body 1m;
              async_mirror_compare_key $uri; async_mirror_compare_log logs/c.log rate=5/s;
              async_mirror_primary_status 2xx 404; } }",
     );
