@@ -35,6 +35,12 @@ DELAY_MS = int(os.environ.get("DELAY_MS", 20))
 # `async-base` (with BASE_MODULE=path/to/an/older/ngx_http_async_mirror_module.so) runs the
 # async cells with that build, side by side with the current one in the same run.
 BASE_MODULE = os.environ.get("BASE_MODULE", "")
+# JSON=1: the backend and the mirror peers answer the same 1 KiB JSON document, so that
+# `async-compare` (async_mirror_compare on) compares real JSON; a matching mirror parses it whole.
+JSON = os.environ.get("JSON", "") not in ("", "0")
+
+
+CELLS = [0]
 
 
 def split_mode(mode):
@@ -83,12 +89,14 @@ def proc_children(pid):
         return []
 
 
-def cpu_seconds(pids):
+def cpu_seconds(pids, main_thread_only=False):
+    """utime + stime of the processes (all threads), or of their main (nginx) threads only."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0
     for pid in pids:
         try:
-            with open(f"/proc/{pid}/stat") as f:
+            stat = f"/proc/{pid}/task/{pid}/stat" if main_thread_only else f"/proc/{pid}/stat"
+            with open(stat) as f:
                 fields = f.read().rsplit(")", 1)[1].split()
             total += int(fields[11]) + int(fields[12])  # utime + stime
         except OSError:
@@ -168,10 +176,15 @@ def front_http(mode, port, backend, mirror):
         name, sample = split_mode(mode)
         sample = f" sample={sample:g}%" if sample else ""
         version = " async_mirror_http_version 2;" if name == "async-h2" else ""
-        loc = f"location / {{ async_mirror http://127.0.0.1:{mirror}{sample};{version} {proxy} }}"
+        compare = " async_mirror_compare on;" if name == "async-compare" else ""
+        loc = f"location / {{ async_mirror http://127.0.0.1:{mirror}{sample};{version}{compare} {proxy} }}"
     else:
         raise ValueError(mode)
     limits = "client_max_body_size 64m;" + (" async_mirror_body_max_size 64m;" if is_async(mode) else "")
+    if is_async(mode):
+        # Summed over both workers, read once after the run (comparison verdicts).
+        limits += " async_mirror_zone bench 1m;"
+        loc += " location = /__status { async_mirror off; async_mirror_status; }"
     return upstream + f"{limits}\nserver {{ listen 127.0.0.1:{port} backlog=4096; {loc} }}"
 
 
@@ -263,7 +276,10 @@ def measure(args, workdir, mode, state, conns, ports, envoy_bin):
                      "--base-id", str(port)])
         pids = lambda: [proc.p.pid]
     else:
-        prefix, conf = nginx_conf(workdir, f"front-{mode.replace(':', '-')}-{state}-{conns}",
+        # A mode listed twice (alternating builds) gets a fresh prefix: its exit counters
+        # are read from its own error log.
+        CELLS[0] += 1
+        prefix, conf = nginx_conf(workdir, f"front-{CELLS[0]}-{mode.replace(':', '-')}-{state}-{conns}",
                                   front_http(mode, port, ports["backend"], mirror), module=module_for(mode))
         proc = Proc([NGINX, "-p", prefix, "-c", conf, "-e", os.path.join(prefix, "logs/error.log")])
         pids = lambda: proc_children(proc.p.pid)
@@ -276,8 +292,10 @@ def measure(args, workdir, mode, state, conns, ports, envoy_bin):
         workers = pids()
         rss_before = rss_kib(workers)
         cpu_before = cpu_seconds(workers)
+        main_before = cpu_seconds(workers, main_thread_only=True)
         r = run_wrk(port, conns, args.duration)
         cpu = cpu_seconds(workers) - cpu_before
+        main_cpu = cpu_seconds(workers, main_thread_only=True) - main_before
         rss_after = rss_kib(workers)
         copies = conns_opened = None
         peer = {}
@@ -291,13 +309,29 @@ def measure(args, workdir, mode, state, conns, ports, envoy_bin):
                 time.sleep(0.1)
             peer = {k: v - sink_before.get(k, 0) for k, v in last.items()}
             copies, conns_opened = peer.get("requests", 0), peer.get("connections", 0)
+        verdicts = comparison_verdicts(port) if split_mode(mode)[0] == "async-compare" else None
     finally:
         proc.stop(signal.SIGQUIT if not mode.startswith("envoy") else signal.SIGTERM)
     r.update(mode=mode, state=state, conns=conns, cpu_s=cpu, cpu_us_per_req=cpu / max(r["requests"], 1) * 1e6,
-             rss_before_kib=rss_before, rss_after_kib=rss_after, copies=copies, mirror_conns=conns_opened, peer=peer)
+             main_us_per_req=main_cpu / max(r["requests"], 1) * 1e6,
+             rss_before_kib=rss_before, rss_after_kib=rss_after, copies=copies, mirror_conns=conns_opened, peer=peer,
+             verdicts=verdicts)
     if is_async(mode):
         r["counters"] = exit_counters(os.path.join(prefix, "logs/error.log"))
     return r
+
+
+def comparison_verdicts(port):
+    """Verdict counts summed over endpoints, from the front's JSON status page."""
+    time.sleep(0.6)  # workers fold their counters into the zone every 250 ms
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/__status?format=json", timeout=5) as resp:
+        doc = json.load(resp)
+    out = {}
+    for t in doc["targets"]:
+        for e in t.get("comparisons", []):
+            for k, v in e["verdicts"].items():
+                out[k] = out.get(k, 0) + v
+    return {k: v for k, v in out.items() if v}
 
 
 def fmt_lat(us):
@@ -312,9 +346,11 @@ def copies_per_request(mode):
 def derive(results):
     """Per cell: front CPU µs per copy, the module's delivered share, the peer's share."""
     cpu_none = {r["conns"]: r["cpu_us_per_req"] for r in results if r["mode"] == "none"}
+    main_none = {r["conns"]: r["main_us_per_req"] for r in results if r["mode"] == "none"}
     for r in results:
         per = copies_per_request(r["mode"])
         r["cpu_us_per_copy"] = (r["cpu_us_per_req"] - cpu_none.get(r["conns"], 0)) / per if per else None
+        r["main_us_per_copy"] = (r["main_us_per_req"] - main_none.get(r["conns"], 0)) / per if per else None
         c = r.get("counters") or {}
         r["attempted"] = c.get("attempted")
         r["delivered_share"] = c["ok"] / c["attempted"] if c.get("attempted") else None
@@ -328,20 +364,24 @@ def pct(v):
 
 def table(results):
     lines = ["| mode | mirror | conns | req/s | × no-mirror | p50 ms | p99 ms | p99 × | CPU µs/req | CPU µs/copy "
-             "| copies attempted | delivered (module) | received (peer) | mirror conns (h1/h2) | errors | RSS KiB before→after |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| nginx-thread µs/copy "
+             "| copies attempted | delivered (module) | received (peer) | mirror conns (h1/h2) | errors | RSS KiB before→after "
+             "| verdicts |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         errs = r["err_connect"] + r["err_read"] + r["err_write"] + r["err_status"] + r["err_timeout"]
         p = r.get("peer") or {}
         conns = "" if r["mirror_conns"] is None else (
             f'{r["mirror_conns"]} ({p.get("h1_connections", r["mirror_conns"])}/{p.get("h2_connections", 0)})')
         cpc = "" if r.get("cpu_us_per_copy") is None else f'{r["cpu_us_per_copy"]:.1f}'
+        mpc = "" if r.get("main_us_per_copy") is None else f'{r["main_us_per_copy"]:.1f}'
         att = "" if r.get("attempted") is None else str(r["attempted"])
         lines.append(
             f'| {r["mode"]} | {r["state"]} | {r["conns"]} | {r["rps"]:.0f} | {r["ratio"]:.2f} | {fmt_lat(r["p50"])} | '
-            f'{fmt_lat(r["p99"])} | {r["p99_ratio"]:.2f} | {r["cpu_us_per_req"]:.1f} | {cpc} | {att} | '
+            f'{fmt_lat(r["p99"])} | {r["p99_ratio"]:.2f} | {r["cpu_us_per_req"]:.1f} | {cpc} | {mpc} | {att} | '
             f'{pct(r.get("delivered_share"))} | {"" if r["copies"] is None else r["copies"]} {pct(r.get("peer_share"))} | '
-            f'{conns} | {errs} | {r["rss_before_kib"]}→{r["rss_after_kib"]} |')
+            f'{conns} | {errs} | {r["rss_before_kib"]}→{r["rss_after_kib"]} | '
+            f'{" ".join(f"{k}={v}" for k, v in sorted((r.get("verdicts") or {}).items()))} |')
     return "\n".join(lines)
 
 
@@ -399,16 +439,34 @@ def svg_chart(results, path):
         f.write("\n".join(out))
 
 
+def json_document():
+    """A 1 KiB JSON answer: nested objects, an array of items, strings and numbers."""
+    items = [{"id": i, "sku": f"SKU-{i:05d}", "price": 10 + i, "tags": ["a", "b"]} for i in range(8)]
+    doc = {"order": {"id": "o-123", "customer": {"name": "Ada", "tier": "gold"}}, "items": items,
+           "total": sum(x["price"] for x in items), "currency": "EUR", "notes": ""}
+    text = json.dumps(doc, separators=(",", ":"))
+    doc["notes"] = "x" * max(0, 1024 - len(text))
+    return json.dumps(doc, separators=(",", ":"))
+
+
 def start_peers(workdir):
     ports = {"backend": free_port(), "up": free_port(), "slow": free_port(), "blackhole": free_port(),
              "refused": free_port(), "delay": free_port()}
+    answer = 'return 200 "hello\\n";'
+    if JSON:
+        body = json_document()
+        path = os.path.join(workdir, "body.json")
+        with open(path, "w") as f:
+            f.write(body)
+        os.environ["PEER_BODY"] = path
+        answer = f"default_type application/json; return 200 '{body}';"
     procs = [Proc([PEERS, "sink", str(ports["up"])]),
              Proc([PEERS, "slow", str(ports["slow"]), "200"]),
              Proc([PEERS, "delay", str(ports["delay"]), str(DELAY_MS)]),
              Proc([PEERS, "blackhole", str(ports["blackhole"])])]
     prefix, conf = nginx_conf(workdir, "backend",
                               f'client_max_body_size 64m; server {{ listen 127.0.0.1:{ports["backend"]} backlog=4096; '
-                              f'location / {{ return 200 "hello\\n"; }} }}', workers=1)
+                              f'location / {{ {answer} }} }}', workers=1)
     procs.append(Proc([NGINX, "-p", prefix, "-c", conf, "-e", os.path.join(prefix, "logs/error.log")]))
     for k in ["backend", "up", "slow", "delay"]:
         wait_port(ports[k])

@@ -5,7 +5,8 @@
 //! Usage: peers sink PORT | slow PORT DELAY_MS | delay PORT DELAY_MS | blackhole PORT
 //! `GET /__peer_stats` on a sink, slow or delay peer returns
 //! `requests=N connections=M h1_requests=.. h2_requests=.. h1_connections=.. h2_connections=..`
-//! (not counted itself).
+//! (not counted itself). With `PEER_BODY=FILE` in the environment, answers carry that
+//! file as an `application/json` body instead of `ok` (the comparison benchmark).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -75,15 +76,16 @@ fn main() {
 async fn serve_auto(addr: SocketAddr, delay: Duration) {
     let listener = TcpListener::bind(addr).await.expect("bind");
     let stats = Arc::new(Stats::default());
+    let body = std::env::var_os("PEER_BODY").map(|p| Bytes::from(std::fs::read(p).expect("PEER_BODY file")));
     println!("ready");
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
-        let stats = stats.clone();
+        let (stats, body) = (stats.clone(), body.clone());
         tokio::spawn(async move {
             // A connection is counted at its first copy: stats requests are not copies.
             let counted = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let (stats, counted) = (stats.clone(), counted.clone());
+                let (stats, counted, body) = (stats.clone(), counted.clone(), body.clone());
                 async move {
                     if req.uri().path() == "/__peer_stats" {
                         return Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(stats.line()))));
@@ -103,7 +105,13 @@ async fn serve_auto(addr: SocketAddr, delay: Duration) {
                     if h2 {
                         stats.h2_requests.fetch_add(1, Ordering::Relaxed);
                     }
-                    Ok(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                    Ok(match body {
+                        Some(b) => Response::builder()
+                            .header("content-type", "application/json")
+                            .body(Full::new(b))
+                            .expect("static response"),
+                        None => Response::new(Full::new(Bytes::from_static(b"ok"))),
+                    })
                 }
             });
             let mut builder =

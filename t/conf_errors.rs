@@ -75,3 +75,29 @@ fn directive_outside_http_is_rejected() {
     assert!(!ok);
     assert!(out.contains("directive is not allowed here"), "{out}");
 }
+
+/// A client certificate without its key, or with another certificate's key, fails
+/// `nginx -t` (checked when the location's https targets get their TLS settings).
+#[test]
+fn client_certificate_pairs_are_checked() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("mtls-{}", free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let a = rcgen::generate_simple_self_signed(vec!["a".into()]).unwrap();
+    let b = rcgen::generate_simple_self_signed(vec!["b".into()]).unwrap();
+    std::fs::write(dir.join("a.pem"), a.cert.pem()).unwrap();
+    std::fs::write(dir.join("b.key"), b.key_pair.serialize_pem()).unwrap();
+    let d = dir.display();
+    assert_rejected(
+        &format!(
+            "server {{ location / {{ async_mirror https://127.0.0.1:1; async_mirror_ssl_certificate {d}/a.pem; }} }}"
+        ),
+        "async_mirror: no async_mirror_ssl_certificate_key for",
+    );
+    assert_rejected(
+        &format!(
+            "server {{ location / {{ async_mirror https://127.0.0.1:1; async_mirror_ssl_certificate {d}/a.pem;
+               async_mirror_ssl_certificate_key {d}/b.key; }} }}"
+        ),
+        "do not go together",
+    );
+}

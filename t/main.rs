@@ -4,6 +4,7 @@
 
 mod common;
 
+mod api;
 mod body;
 mod capacity;
 mod compare;

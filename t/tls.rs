@@ -22,17 +22,32 @@ struct TlsSink {
 
 impl TlsSink {
     fn start() -> TlsSink {
+        Self::start_with(None)
+    }
+
+    /// With `client_ca`, the sink requires a client certificate signed by that CA.
+    fn start_with(client_ca: Option<CertificateDer<'static>>) -> TlsSink {
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
         let cert_pem = cert.cert.pem();
         let der = CertificateDer::from(cert.cert.der().to_vec());
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der()));
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![der], key)
             .unwrap();
+        let builder = match client_ca {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add(ca).unwrap();
+                let verifier =
+                    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                        .build()
+                        .unwrap();
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let config = builder.with_single_cert(vec![der], key).unwrap();
         let config = Arc::new(config);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -152,4 +167,48 @@ fn alpn_falls_back_to_http1() {
     assert_eq!(t["ok"], 20, "{t:?}");
     let got = sink.got.lock().unwrap().clone();
     assert!(got.iter().all(|r| r.header("host").is_some() && r.uri.starts_with("/a")), "{got:?}");
+}
+
+/// A mirror that requires a client certificate (mutual TLS): copies arrive with
+/// `async_mirror_ssl_certificate`/`_key`; without them each counts `failed{connect}` and
+/// the error log says the handshake was refused.
+#[test]
+fn client_certificate_for_a_mirror_that_requires_one() {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let client_key = rcgen::KeyPair::generate().unwrap();
+    let client = rcgen::CertificateParams::new(vec!["mirror-client".to_string()])
+        .unwrap()
+        .signed_by(&client_key, &ca, &ca_key)
+        .unwrap();
+    let sink = TlsSink::start_with(Some(CertificateDer::from(ca.der().to_vec())));
+    let url = format!("https://localhost:{}", sink.port);
+    let locations = format!(
+        "location /mtls {{ async_mirror {url}; async_mirror_ssl_verify off;
+             async_mirror_ssl_certificate client.pem; async_mirror_ssl_certificate_key client.key; {PROXY} }}
+         location /plain {{ async_mirror {url}/plain; async_mirror_ssl_verify off; async_mirror_max_fails 0; {PROXY} }}"
+    );
+    let prepared = Nginx::prepare("mtls", |prefix| {
+        std::fs::write(prefix.join("client.pem"), client.pem()).unwrap();
+        std::fs::write(prefix.join("client.key"), client_key.serialize_pem()).unwrap();
+    });
+    let ng = prepared.start(1, "", &front(&locations, ""));
+    let mut c = Client::connect(ng.port);
+    for i in 0..5 {
+        assert_eq!(c.get(&format!("/mtls{i}")).status, 200);
+        assert_eq!(c.get(&format!("/plain{i}")).status, 200);
+    }
+    assert!(wait_until(Duration::from_secs(5), || sink.got.lock().unwrap().len() == 5));
+    assert!(wait_until(Duration::from_secs(5), || ng
+        .error_log()
+        .contains("TLS handshake refused by the mirror")));
+    let log = ng.quit();
+    assert!(sink.got.lock().unwrap().iter().all(|r| r.uri.starts_with("/mtls")));
+    let counters = exit_counters(&log);
+    assert_eq!((counters[&url]["attempted"], counters[&url]["ok"]), (5, 5));
+    let plain = &counters[&format!("{url}/plain")];
+    assert_eq!((plain["attempted"], plain["failed_connect"]), (5, 5), "{plain:?}");
+    assert!(log.contains("requires a client certificate"), "{log}");
 }

@@ -83,3 +83,35 @@ pub async fn connect(
         Err(_) => Err(failed(format!("TLS handshake with {addr} timed out"))),
     }
 }
+
+/// How a broken exchange is counted. A mirror that refuses our TLS handshake (a client
+/// certificate required, not accepted) says so with an alert; over TLS 1.3 that alert
+/// arrives only after the client considers the handshake done, in the first read of the
+/// response, so it is found in the error's chain and counted as the connect failure it is.
+pub fn exchange_failure(err: &(dyn std::error::Error + 'static)) -> Failure {
+    let mut e: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(cur) = e {
+        // An io::Error's source() skips the error it wraps: look at that one too.
+        let inner = cur
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|i| i as &(dyn std::error::Error + 'static));
+        let tls = [Some(cur), inner].into_iter().flatten().find_map(|x| x.downcast_ref::<rustls::Error>());
+        if let Some(rustls::Error::AlertReceived(alert)) = tls {
+            let hint = match alert {
+                rustls::AlertDescription::CertificateRequired => {
+                    " (the mirror requires a client certificate: async_mirror_ssl_certificate)"
+                }
+                rustls::AlertDescription::BadCertificate
+                | rustls::AlertDescription::UnknownCA
+                | rustls::AlertDescription::AccessDenied => {
+                    " (the mirror did not accept the client certificate)"
+                }
+                _ => "",
+            };
+            return failed(format!("TLS handshake refused by the mirror: {alert:?}{hint}"));
+        }
+        e = cur.source();
+    }
+    Failure::new(FailReason::Reset, err.to_string())
+}

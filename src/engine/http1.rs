@@ -9,6 +9,7 @@ use tokio::time::timeout;
 
 use super::body::CopyBody;
 use super::connect::Stream;
+use super::connect::exchange_failure;
 use super::outcome::{FailReason, Failure};
 use super::pool::Connection;
 use super::response::MirrorResponse;
@@ -61,12 +62,12 @@ pub async fn exchange(
             let err = e.into_error();
             match back {
                 Some(req) if err.is_canceled() => ExchangeError::Stale(Box::new(req)),
-                _ => ExchangeError::Failed(Failure::new(FailReason::Reset, err.to_string())),
+                _ => ExchangeError::Failed(exchange_failure(&err)),
             }
         })?;
         let resp = MirrorResponse::read(resp, keep)
             .await
-            .map_err(|e| ExchangeError::Failed(Failure::new(FailReason::Reset, e.to_string())))?;
+            .map_err(|e| ExchangeError::Failed(exchange_failure(&e)))?;
         Ok((resp, conn.0.ready().await.is_ok()))
     };
     match timeout(limit, work).await {

@@ -17,6 +17,7 @@ use tokio::time::timeout;
 
 use super::body::CopyBody;
 use super::connect::Stream;
+use super::connect::exchange_failure;
 use super::outcome::{FailReason, Failure};
 use super::pool::{Key, Limits, Slot};
 use super::response::MirrorResponse;
@@ -202,12 +203,10 @@ pub async fn exchange(
             if back.is_some() || unprocessed(&err) {
                 ExchangeError::Unprocessed(back)
             } else {
-                ExchangeError::Failed(Failure::new(FailReason::Reset, err.to_string()))
+                ExchangeError::Failed(exchange_failure(&err))
             }
         })?;
-        MirrorResponse::read(resp, keep)
-            .await
-            .map_err(|e| ExchangeError::Failed(Failure::new(FailReason::Reset, e.to_string())))
+        MirrorResponse::read(resp, keep).await.map_err(|e| ExchangeError::Failed(exchange_failure(&e)))
     };
     match timeout(limit, work).await {
         Ok(r) => r,

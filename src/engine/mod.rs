@@ -5,6 +5,7 @@
 //! its own Tokio runtime.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod body;
 pub mod breaker;
 pub mod compare;

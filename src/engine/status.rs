@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 
+use super::api::Override;
 use super::difflog::LINE_RESULTS;
 use super::outcome::{BUCKETS_MS, CounterVec, Outcome, slot};
 use super::verdict::{EndpointCounts, Side, Verdict};
@@ -18,6 +19,8 @@ pub struct TargetSnapshot {
     pub connections: i64,
     /// Comparison verdicts and differing fields, by endpoint.
     pub compare: Vec<EndpointCounts>,
+    /// `async_mirror_api` override (zone only).
+    pub ov: Override,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -125,6 +128,22 @@ const FAMILIES: &[Family] = &[
         kind: "gauge",
         help: "Workers whose circuit breaker for a target is open.",
         series: Series::PerTarget(|t, out| out.push(one(t.breaker_open.max(0)))),
+    },
+    Family {
+        name: "paused",
+        kind: "gauge",
+        help: "Whether the control API paused a target (1) or not (0).",
+        series: Series::PerTarget(|t, out| out.push(one(u8::from(t.ov.paused == Some(true))))),
+    },
+    Family {
+        name: "sample_override_ratio",
+        kind: "gauge",
+        help: "The control API's sample for a target (0 to 1), where one is set.",
+        series: Series::PerTarget(|t, out| {
+            if let Some(p) = t.ov.sample_ppm {
+                out.push(one(f64::from(p) / 1e6));
+            }
+        }),
     },
     Family {
         name: "queue_jobs",
@@ -328,6 +347,7 @@ mod tests {
                     verdicts: [5, 1, 0, 0, 0, 0, 0, 0, 1],
                     fields: vec![("json:$.a\"".into(), [1, 0])],
                 }],
+                ov: Override::default(),
             }],
             queue_jobs: 2,
             queue_bytes: 300,

@@ -9,14 +9,18 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
-/// `async_mirror_ssl_verify` and `async_mirror_ssl_trusted_certificate` as they apply to a target.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// `async_mirror_ssl_verify`, `async_mirror_ssl_trusted_certificate` and the client
+/// certificate as they apply to a target.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct TlsSettings {
     pub verify: bool,
     /// PEM bundle of trusted CAs; `None` means the system's roots.
     pub trusted: Option<PathBuf>,
+    /// `async_mirror_ssl_certificate` and `async_mirror_ssl_certificate_key` (PEM), for
+    /// mirrors that require a client certificate (mutual TLS).
+    pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -38,6 +42,15 @@ pub fn load_pem(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     }
 }
 
+/// Reads the private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
+///
+/// # Errors
+/// An unreadable file, or one without a key.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| format!("cannot read a private key from \"{}\": {e}", path.display()))
+}
+
 /// ALPN offer of an HTTP/1.1 client.
 pub const ALPN_HTTP1: &[&[u8]] = &[b"http/1.1"];
 /// ALPN offer of an HTTP/2 client that falls back to HTTP/1.1.
@@ -51,7 +64,7 @@ pub fn client_config(s: &TlsSettings, alpn: &[&[u8]]) -> Result<Arc<ClientConfig
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup failed: {e}"))?;
-    let mut config = if s.verify {
+    let builder = if s.verify {
         let mut roots = RootCertStore::empty();
         let certs = match &s.trusted {
             Some(path) => load_pem(path)?,
@@ -64,12 +77,23 @@ pub fn client_config(s: &TlsSettings, alpn: &[&[u8]]) -> Result<Arc<ClientConfig
                 None => "no system CA certificates found; set async_mirror_ssl_trusted_certificate".into(),
             });
         }
-        builder.with_root_certificates(roots).with_no_client_auth()
+        builder.with_root_certificates(roots)
     } else {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerify(provider())))
-            .with_no_client_auth()
+        builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerify(provider())))
+    };
+    let mut config = match &s.client_cert {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = load_pem(cert)?;
+            // rustls checks that the key belongs to the certificate.
+            builder.with_client_auth_cert(chain, load_key(key)?).map_err(|e| {
+                format!(
+                    "client certificate \"{}\" and key \"{}\" do not go together: {e}",
+                    cert.display(),
+                    key.display()
+                )
+            })?
+        }
     };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
@@ -119,10 +143,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn client_certificate_pairs_are_checked() {
+        let dir = std::env::temp_dir().join(format!("am-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = rcgen::generate_simple_self_signed(vec!["a".into()]).unwrap();
+        let b = rcgen::generate_simple_self_signed(vec!["b".into()]).unwrap();
+        let write = |name: &str, pem: String| {
+            let p = dir.join(name);
+            std::fs::write(&p, pem).unwrap();
+            p
+        };
+        let (cert_a, key_a, key_b) = (
+            write("a.pem", a.cert.pem()),
+            write("a.key", a.key_pair.serialize_pem()),
+            write("b.key", b.key_pair.serialize_pem()),
+        );
+        let with = |cert: &PathBuf, key: &PathBuf| TlsSettings {
+            verify: false,
+            trusted: None,
+            client_cert: Some((cert.clone(), key.clone())),
+        };
+        assert!(
+            client_config(&with(&cert_a, &key_a), ALPN_HTTP1).unwrap().client_auth_cert_resolver.has_certs()
+        );
+        let err = client_config(&with(&cert_a, &key_b), ALPN_HTTP1).unwrap_err();
+        assert!(err.contains("do not go together"), "{err}");
+        let err = client_config(&with(&cert_a, &cert_a), ALPN_HTTP1).unwrap_err();
+        assert!(err.contains("cannot read a private key"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn configs() {
-        let off = client_config(&TlsSettings { verify: false, trusted: None }, ALPN_HTTP1).unwrap();
+        let off = client_config(&TlsSettings::default(), ALPN_HTTP1).unwrap();
         assert_eq!(off.alpn_protocols, vec![b"http/1.1".to_vec()]);
-        let missing = TlsSettings { verify: true, trusted: Some("/nonexistent/ca.pem".into()) };
+        let missing =
+            TlsSettings { verify: true, trusted: Some("/nonexistent/ca.pem".into()), client_cert: None };
         assert!(client_config(&missing, ALPN_HTTP1).unwrap_err().contains("/nonexistent/ca.pem"));
     }
 }

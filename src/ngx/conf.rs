@@ -90,6 +90,8 @@ pub struct MainConf {
     pub rates: Table<RateId, u32>,
     /// `async_mirror_compare_log` files; a location refers to one by index.
     pub compare_logs: Vec<CompareLog>,
+    /// The `sample=` of every `async_mirror` line, by URL as written (for the API).
+    pub samples: Vec<(String, u32)>,
 }
 
 impl MainConf {
@@ -190,6 +192,8 @@ pub struct LocConf {
     pub body_max_size: Option<u64>,
     pub ssl_verify: Option<bool>,
     pub ssl_trusted_certificate: Option<PathBuf>,
+    pub ssl_certificate: Option<PathBuf>,
+    pub ssl_certificate_key: Option<PathBuf>,
     /// `async_mirror_http_version 2`.
     pub http2: Option<bool>,
     pub compare: Option<bool>,
@@ -205,11 +209,29 @@ pub struct LocConf {
     pub primary_status: Option<Vec<(u16, u16)>>,
     /// Built when the location is merged, if it compares.
     pub compare_settings: Option<Arc<CompareSettings>>,
+    /// `async_mirror_api [write=on]` in this location: whether changes are allowed.
+    pub api_write: Option<bool>,
 }
 
 impl LocConf {
-    pub fn tls_settings(&self) -> TlsSettings {
-        TlsSettings { verify: self.ssl_verify.unwrap_or(true), trusted: self.ssl_trusted_certificate.clone() }
+    /// # Errors
+    /// A certificate without its key or a key without its certificate.
+    pub fn tls_settings(&self) -> Result<TlsSettings, String> {
+        let client_cert = match (&self.ssl_certificate, &self.ssl_certificate_key) {
+            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+            (None, None) => None,
+            (Some(c), None) => {
+                return Err(format!("no async_mirror_ssl_certificate_key for \"{}\"", c.display()));
+            }
+            (None, Some(k)) => {
+                return Err(format!("no async_mirror_ssl_certificate for \"{}\"", k.display()));
+            }
+        };
+        Ok(TlsSettings {
+            verify: self.ssl_verify.unwrap_or(true),
+            trusted: self.ssl_trusted_certificate.clone(),
+            client_cert,
+        })
     }
 
     /// Points every `async_mirror` line at its target under this location's TLS settings.
@@ -217,7 +239,7 @@ impl LocConf {
     /// # Errors
     /// As [`MainConf::resolve`].
     pub fn resolve_targets(&mut self, mc: &mut MainConf) -> Result<(), String> {
-        let tls = self.tls_settings();
+        let tls = self.tls_settings()?;
         let http2 = self.http2.unwrap_or(defaults::HTTP2);
         for m in self.mirrors.iter_mut().flatten() {
             m.target = Some(mc.resolve(m.spec, &tls, http2)?);
@@ -304,6 +326,11 @@ impl Merge for LocConf {
         self.http2 = self.http2.or(prev.http2);
         if self.ssl_trusted_certificate.is_none() {
             self.ssl_trusted_certificate = prev.ssl_trusted_certificate.clone();
+        }
+        // The pair is inherited together, as proxy_ssl_certificate/_key are set together.
+        if self.ssl_certificate.is_none() && self.ssl_certificate_key.is_none() {
+            self.ssl_certificate = prev.ssl_certificate.clone();
+            self.ssl_certificate_key = prev.ssl_certificate_key.clone();
         }
         self.compare = self.compare.or(prev.compare);
         if self.compare_headers.is_none() {

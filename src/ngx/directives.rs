@@ -18,7 +18,7 @@ use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
 use ngx::ngx_conf_log_error;
 
 use super::conf::{CompareLog, LocConf, MainConf, MirrorRef, Registered, SetHeader, defaults};
-use super::{status, zone};
+use super::{api, status, zone};
 use crate::engine::url::PathKind;
 use crate::engine::{compare, parse, sample};
 
@@ -167,6 +167,10 @@ directive!(cmd_async_mirror, LocConf, |cf, lc, args| {
         return Err(format!("second baseline \"{}\" (one baseline per level)", args[0]).into());
     }
     let sample_ppm = sample.unwrap_or(sample::PPM);
+    let written = (args[0].to_string(), sample_ppm);
+    if !mc.samples.contains(&written) {
+        mc.samples.push(written);
+    }
     list.push(MirrorRef { spec, target: None, sample_ppm, key, rate, url, path, baseline });
     Ok(())
 });
@@ -241,6 +245,20 @@ directive!(cmd_status, LocConf, |cf, _lc, _args| {
     Ok(())
 });
 
+directive!(cmd_api, LocConf, |cf, lc, args| {
+    let write = match args.first().copied() {
+        None | Some("write=off") => false,
+        Some("write=on") => true,
+        Some(other) => return Err(format!("invalid parameter \"{other}\" (expected write=on)").into()),
+    };
+    set_once(&mut lc.api_write, write)?;
+    let Some(clcf) = NgxHttpCoreModule::location_conf_mut(&*cf) else {
+        return Err(ConfError::Msg("no location configuration".into()));
+    };
+    clcf.handler = Some(api::api_handler::<M>);
+    Ok(())
+});
+
 directive!(cmd_body, LocConf, |_cf, lc, args| set_once(&mut lc.body, parse::parse_flag(args[0])?));
 
 directive!(cmd_body_max_size, LocConf, |_cf, lc, args| {
@@ -251,19 +269,35 @@ directive!(cmd_ssl_verify, LocConf, |_cf, lc, args| {
     set_once(&mut lc.ssl_verify, parse::parse_flag(args[0])?)
 });
 
+/// A file named in the configuration: relative paths are relative to the configuration
+/// prefix, as for nginx's own directives.
+fn conf_path(cf: &ngx_conf_t, arg: &str) -> std::path::PathBuf {
+    let path = std::path::Path::new(arg);
+    if path.is_absolute() {
+        return path.to_path_buf();
+    }
+    // SAFETY: cf->cycle is the cycle being configured.
+    let prefix = unsafe { (*cf.cycle).conf_prefix };
+    let prefix = std::str::from_utf8(prefix.as_bytes()).unwrap_or("");
+    std::path::Path::new(prefix).join(path)
+}
+
 directive!(cmd_ssl_trusted_certificate, LocConf, |cf, lc, args| {
-    // Relative paths are relative to the configuration prefix, as for nginx's own directives.
-    let path = std::path::Path::new(args[0]);
-    let path = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        // SAFETY: cf->cycle is the cycle being configured.
-        let prefix = unsafe { (*cf.cycle).conf_prefix };
-        let prefix = std::str::from_utf8(prefix.as_bytes()).unwrap_or("");
-        std::path::Path::new(prefix).join(path)
-    };
+    let path = conf_path(cf, args[0]);
     crate::engine::tls::load_pem(&path)?;
     set_once(&mut lc.ssl_trusted_certificate, path)
+});
+
+directive!(cmd_ssl_certificate, LocConf, |cf, lc, args| {
+    let path = conf_path(cf, args[0]);
+    crate::engine::tls::load_pem(&path)?;
+    set_once(&mut lc.ssl_certificate, path)
+});
+
+directive!(cmd_ssl_certificate_key, LocConf, |cf, lc, args| {
+    let path = conf_path(cf, args[0]);
+    crate::engine::tls::load_key(&path)?;
+    set_once(&mut lc.ssl_certificate_key, path)
 });
 
 directive!(cmd_http_version, LocConf, |_cf, lc, args| {

@@ -112,13 +112,20 @@ fn dispatch(
     for m in lc.mirrors() {
         let Some(id) = m.target else { continue };
         let Some(spec) = engine.spec(id) else { continue };
+        // The control API's override: a paused target gets no copies (not counted).
+        let ov = select.overrides.get(id).copied().unwrap_or_default();
+        if ov.paused == Some(true) {
+            ctx.push("paused");
+            continue;
+        }
+        let sample_ppm = ov.sample_ppm.unwrap_or(m.sample_ppm);
         // Sampled-out requests were never meant to be copied: not counted.
-        if m.sample_ppm < PPM {
+        if sample_ppm < PPM {
             let bucket = match m.key {
                 Some(key) => key_bucket(&spec.url, eval(r, key.as_ptr()).unwrap_or(b"")),
                 None => select.rng.bucket(),
             };
-            if bucket >= m.sample_ppm {
+            if bucket >= sample_ppm {
                 ctx.push("sampled_out");
                 continue;
             }

@@ -149,7 +149,7 @@ const fn command(name: ngx_str_t, type_: u32, set: SetFn) -> ngx_command_t {
 
 type M = Module;
 
-pub static mut COMMANDS: [ngx_command_t; 29] = [
+pub static mut COMMANDS: [ngx_command_t; 32] = [
     command(ngx_string!("async_mirror"), HSL | NGX_CONF_1MORE, cmd_async_mirror::<M>),
     command(ngx_string!("async_mirror_set_header"), HSL | NGX_CONF_TAKE2, cmd_set_header::<M>),
     command(ngx_string!("async_mirror_if"), HSL | NGX_CONF_1MORE, cmd_if::<M>),
@@ -163,6 +163,12 @@ pub static mut COMMANDS: [ngx_command_t; 29] = [
         HSL | NGX_CONF_TAKE1,
         cmd_ssl_trusted_certificate::<M>,
     ),
+    command(ngx_string!("async_mirror_ssl_certificate"), HSL | NGX_CONF_TAKE1, cmd_ssl_certificate::<M>),
+    command(
+        ngx_string!("async_mirror_ssl_certificate_key"),
+        HSL | NGX_CONF_TAKE1,
+        cmd_ssl_certificate_key::<M>,
+    ),
     command(ngx_string!("async_mirror_body_max_size"), HSL | NGX_CONF_TAKE1, cmd_body_max_size::<M>),
     command(ngx_string!("async_mirror_http_version"), HSL | NGX_CONF_TAKE1, cmd_http_version::<M>),
     command(ngx_string!("async_mirror_max_fails"), HSL | NGX_CONF_TAKE1, cmd_max_fails::<M>),
@@ -175,6 +181,11 @@ pub static mut COMMANDS: [ngx_command_t; 29] = [
     command(ngx_string!("async_mirror_drain_timeout"), MAIN | NGX_CONF_TAKE1, cmd_drain_timeout::<M>),
     command(ngx_string!("async_mirror_zone"), MAIN | NGX_CONF_TAKE2, cmd_zone::<M>),
     command(ngx_string!("async_mirror_status"), NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS, cmd_status::<M>),
+    command(
+        ngx_string!("async_mirror_api"),
+        NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS | NGX_CONF_TAKE1,
+        cmd_api::<M>,
+    ),
     command(ngx_string!("async_mirror_compare"), HSL | NGX_CONF_TAKE1, cmd_compare::<M>),
     command(ngx_string!("async_mirror_compare_headers"), HSL | NGX_CONF_1MORE, cmd_compare_headers::<M>),
     command(

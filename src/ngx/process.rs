@@ -17,7 +17,8 @@ use super::conf::Registered;
 use super::log;
 use super::zone::{Shared, Zone};
 use crate::engine::Engine;
-use crate::engine::ids::{RateId, Table};
+use crate::engine::api::Override;
+use crate::engine::ids::{RateId, Table, TargetId};
 use crate::engine::sample::{Rng, TokenBucket};
 
 /// How long runtime threads get to stop once draining is over.
@@ -30,6 +31,8 @@ const REPORT_EVERY: u32 = 4;
 pub struct Selection {
     pub rng: Rng,
     pub buckets: Table<RateId, TokenBucket>,
+    /// `async_mirror_api` overrides per target, read from the zone every tick.
+    pub overrides: Table<TargetId, Override>,
 }
 
 pub struct Worker {
@@ -100,8 +103,12 @@ pub unsafe extern "C" fn init_process<M: Registered>(cycle: *mut ngx_cycle_t) ->
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_nanos() as u64)
                     ^ u64::from(std::process::id());
-                let select =
-                    Selection { rng: Rng::seeded(seed), buckets: mc.rates.map(|&r| TokenBucket::new(r)) };
+                let overrides = shared.as_ref().map(Shared::overrides).unwrap_or_default();
+                let select = Selection {
+                    rng: Rng::seeded(seed),
+                    buckets: mc.rates.map(|&r| TokenBucket::new(r)),
+                    overrides,
+                };
                 WORKER.set(Some(Worker {
                     engine,
                     select,
@@ -172,6 +179,7 @@ unsafe extern "C" fn report_timer_handler(ev: *mut ngx_event_t) {
             write_compare_logs(&w.engine, &w.compare_logs);
             if let Some(shared) = w.shared.as_mut() {
                 shared.fold(&w.engine, false);
+                w.select.overrides = shared.overrides();
             }
             w.ticks = w.ticks.wrapping_add(1);
             if w.ticks % REPORT_EVERY == 0 {

@@ -47,7 +47,17 @@ unsafe fn serve(r: &mut ngx_http_request_t) -> ngx_int_t {
         (status::prometheus(&snap), status::PROMETHEUS_CONTENT_TYPE)
     };
 
-    r.headers_out.status = 200;
+    // SAFETY: per this function's contract.
+    unsafe { send(r, 200, ctype, body.as_bytes()) }
+}
+
+/// Sends a complete response from this handler: status, content type (a static
+/// string) and body.
+///
+/// # Safety
+/// `r` is the request being handled, on the nginx thread.
+pub unsafe fn send(r: &mut ngx_http_request_t, status: u16, ctype: &'static str, body: &[u8]) -> ngx_int_t {
+    r.headers_out.status = ngx_uint_t::from(status);
     r.headers_out.content_length_n = body.len() as _;
     r.headers_out.content_type = ngx_str_t { len: ctype.len(), data: ctype.as_ptr().cast_mut() };
     r.headers_out.content_type_len = ctype.len();
@@ -78,19 +88,7 @@ fn snapshot() -> Snapshot {
         if let Some(shared) = w.shared.as_mut() {
             shared.fold(&w.engine, false);
             let (queue_jobs, queue_bytes) = shared.zone.queue();
-            let targets = shared
-                .zone
-                .read()
-                .into_iter()
-                .map(|(url, counters, g, compare)| TargetSnapshot {
-                    url,
-                    counters,
-                    inflight: g.inflight,
-                    breaker_open: g.breaker_open,
-                    connections: g.connections,
-                    compare,
-                })
-                .collect();
+            let targets = shared.zone.read();
             let log_lines = shared.zone.log_lines();
             return Snapshot { targets, queue_jobs, queue_bytes, shared: true, log_lines };
         }
@@ -115,6 +113,7 @@ fn snapshot() -> Snapshot {
                     breaker_open: g.breaker_open,
                     connections: g.connections,
                     compare,
+                    ov: Default::default(),
                 }),
             }
         }

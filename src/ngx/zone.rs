@@ -27,9 +27,11 @@ use ngx::ngx_log_error;
 
 use super::conf::MainConf;
 use crate::engine::Engine;
+use crate::engine::api::Override;
 use crate::engine::ids::{Table, TargetId};
 use crate::engine::outcome::{CounterVec, slot};
 use crate::engine::runtime::Gauges;
+use crate::engine::status::TargetSnapshot;
 use crate::engine::verdict::{ENDPOINTS, EndpointCounts, FIELDS, NAME_MAX, OTHER, Verdict};
 
 const MAGIC: u64 = 0x6173_796e_636d_6972; // "asyncmir"
@@ -37,7 +39,7 @@ pub const URL_MAX: usize = 512;
 
 /// The table's layout: bump the low bits whenever `Header` or `Slot` change. The high
 /// bits ("LAYT") make it distinct from the slot count the first layout kept here.
-const LAYOUT: u64 = 0x4c41_5954_0000_0004;
+const LAYOUT: u64 = 0x4c41_5954_0000_0005;
 
 #[repr(C)]
 struct Header {
@@ -71,6 +73,10 @@ pub struct Slot {
     connections: AtomicI64,
     /// Named endpoints claimed for this target in the endpoint area.
     endpoint_count: AtomicU64,
+    /// `async_mirror_api` overrides: 0 unset, 1 paused, 2 running.
+    override_paused: AtomicU64,
+    /// 0 unset, else the sample in ppm plus one.
+    override_sample: AtomicU64,
     /// Endpoints past the bound (or past the area's room).
     other: EndpointSlot,
 }
@@ -303,6 +309,46 @@ impl Zone {
         out
     }
 
+    /// The API's override of target slot `i`.
+    pub fn override_of(&self, i: usize) -> Override {
+        if i >= self.capacity || self.slot(i).used.load(Ordering::Acquire) != 1 {
+            return Override::default();
+        }
+        let s = self.slot(i);
+        Override {
+            paused: match s.override_paused.load(Ordering::Acquire) {
+                1 => Some(true),
+                2 => Some(false),
+                _ => None,
+            },
+            sample_ppm: match s.override_sample.load(Ordering::Acquire) {
+                0 => None,
+                v => Some((v - 1) as u32),
+            },
+        }
+    }
+
+    /// Sets target slot `i`'s override; each worker applies it on its next tick.
+    pub fn set_override(&self, i: usize, ov: Override) -> bool {
+        if i >= self.capacity || self.slot(i).used.load(Ordering::Acquire) != 1 {
+            return false;
+        }
+        let s = self.slot(i);
+        let paused = match ov.paused {
+            None => 0,
+            Some(true) => 1,
+            Some(false) => 2,
+        };
+        s.override_paused.store(paused, Ordering::Release);
+        s.override_sample.store(ov.sample_ppm.map_or(0, |p| u64::from(p) + 1), Ordering::Release);
+        true
+    }
+
+    /// Index of the slot of `url`.
+    pub fn index_of(&self, url: &str) -> Option<usize> {
+        self.find(url).map(|s| self.slot_index(s))
+    }
+
     pub fn log_lines(&self) -> [u64; 3] {
         let h = self.header();
         [0, 1, 2].map(|i| h.log_lines[i].load(Ordering::Relaxed))
@@ -330,8 +376,8 @@ impl Zone {
             .map(|i| self.slot(i))
     }
 
-    /// Every assigned slot: its URL, counters, gauges and comparison counters.
-    pub fn read(&self) -> Vec<(String, CounterVec, Gauges, Vec<EndpointCounts>)> {
+    /// Every assigned slot, in slot order (a target's index is its API id).
+    pub fn read(&self) -> Vec<TargetSnapshot> {
         let mut out = Vec::new();
         for i in 0..self.capacity {
             let s = self.slot(i);
@@ -342,12 +388,15 @@ impl Zone {
             for (k, v) in s.counters.iter().enumerate() {
                 c[k] = v.load(Ordering::Relaxed);
             }
-            let g = Gauges {
+            out.push(TargetSnapshot {
+                url: String::from_utf8_lossy(self.slot_url(i)).into_owned(),
+                counters: c,
                 inflight: s.inflight.load(Ordering::Relaxed),
                 breaker_open: s.breaker_open.load(Ordering::Relaxed),
                 connections: s.connections.load(Ordering::Relaxed),
-            };
-            out.push((String::from_utf8_lossy(self.slot_url(i)).into_owned(), c, g, self.read_compare(i)));
+                compare: self.read_compare(i),
+                ov: self.override_of(i),
+            });
         }
         out
     }
@@ -537,6 +586,8 @@ unsafe fn create_table(zone: &ngx_shm_zone_t) -> Option<Zone> {
 pub struct Shared {
     pub zone: Zone,
     slots: Table<TargetId, *const Slot>,
+    /// Each target's slot index (its API id).
+    indexes: Table<TargetId, Option<usize>>,
     last: Table<TargetId, CounterVec>,
     last_gauges: Table<TargetId, Gauges>,
     last_queue: (i64, i64),
@@ -558,8 +609,10 @@ impl Shared {
             .targets()
             .map(|(_, spec, _)| zone.find(&spec.url).map_or(std::ptr::null(), std::ptr::from_ref))
             .collect();
+        let indexes = engine.targets().map(|(_, spec, _)| zone.index_of(&spec.url)).collect();
         Shared {
             zone,
+            indexes,
             last: slots.map(|_| [0; slot::COUNTERS]),
             last_gauges: slots.map(|_| Gauges::default()),
             compare: slots.map(|_| Vec::new()),
@@ -567,6 +620,11 @@ impl Shared {
             last_queue: (0, 0),
             last_lines: [0; 3],
         }
+    }
+
+    /// The API's overrides of this worker's targets, as the zone holds them now.
+    pub fn overrides(&self) -> Table<TargetId, Override> {
+        self.indexes.map(|i| i.map_or_else(Override::default, |i| self.zone.override_of(i)))
     }
 
     /// Adds what changed since the last fold; `last_fold` withdraws this worker's gauges.
