@@ -9,6 +9,7 @@ mod body;
 mod capacity;
 mod compare;
 mod conf_errors;
+mod copylog;
 mod hostile;
 mod mirror;
 mod observability;

@@ -9,7 +9,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -63,19 +63,27 @@ impl BodyAbort {
 
 const COMPLETE: u8 = 0xff;
 
-/// Shared end state: 0 while streaming, COMPLETE, or a [`BodyAbort`].
+/// Shared end state: 0 while streaming, COMPLETE, or a [`BodyAbort`]; and the bytes
+/// handed to the mirror's connection so far (for `async_mirror_log`).
 #[derive(Debug, Default)]
-pub struct BodyState(AtomicU8);
+pub struct BodyState {
+    end: AtomicU8,
+    sent: AtomicU64,
+}
 
 impl BodyState {
     /// The abort that ended the body, if it did not complete.
     pub fn aborted(&self) -> Option<BodyAbort> {
-        BodyAbort::from_u8(self.0.load(Ordering::Acquire))
+        BodyAbort::from_u8(self.end.load(Ordering::Acquire))
+    }
+
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
     }
 
     fn set(&self, v: u8) {
         // The first end wins.
-        let _ = self.0.compare_exchange(0, v, Ordering::AcqRel, Ordering::Acquire);
+        let _ = self.end.compare_exchange(0, v, Ordering::AcqRel, Ordering::Acquire);
     }
 }
 
@@ -171,6 +179,7 @@ impl Body for BodyRx {
         match self.rx.poll_recv(cx) {
             Poll::Ready(Some(chunk)) => {
                 self.backlog.give_bytes(chunk.len());
+                self.state.sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                 Poll::Ready(Some(Ok(Frame::data(chunk))))
             }
             Poll::Ready(None) => match self.state.aborted() {

@@ -110,7 +110,19 @@ impl Admission {
             return Err(self.end(Outcome::Dropped(DropReason::QueueFull)));
         }
         let Admission { target, ticket, breaker, probe, place, opts } = self;
-        Ok(Copy { target, head, dest, body, opts, compare: None, ticket, breaker, probe, place: Some(place) })
+        Ok(Copy {
+            target,
+            head,
+            dest,
+            body,
+            opts,
+            compare: None,
+            log: None,
+            ticket,
+            breaker,
+            probe,
+            place: Some(place),
+        })
     }
 
     /// Ends a copy that could not be captured after all.
@@ -134,6 +146,8 @@ pub struct Copy {
     pub opts: CopyOptions,
     /// Set when the location compares responses.
     pub compare: Option<CompareJob>,
+    /// `async_mirror_log`: which file gets this copy's line.
+    pub log: Option<usize>,
     ticket: Ticket,
     breaker: Arc<Breaker>,
     probe: Option<Probe>,

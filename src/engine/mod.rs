@@ -11,6 +11,7 @@ pub mod breaker;
 pub mod compare;
 pub mod connect;
 pub mod copy;
+pub mod copylog;
 pub mod difflog;
 pub mod http1;
 pub mod http2;

@@ -15,6 +15,8 @@ pub struct MirrorResponse {
     pub body: Bytes,
     /// The whole body's length, read to the end either way.
     pub body_len: u64,
+    /// Whether it came over a connection an earlier copy opened.
+    pub reused: bool,
 }
 
 impl MirrorResponse {
@@ -51,6 +53,7 @@ impl MirrorResponse {
             headers: parts.headers,
             body: kept.freeze(),
             body_len: len,
+            reused: false,
         })
     }
 }

@@ -11,6 +11,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use super::body::{self, BodyRx, BodyTx};
 use super::copy::{self, Admission, Copy, CopyOptions};
+use super::copylog::{CopyLog, Record};
 use super::difflog::DiffLog;
 use super::ids::{Table, TargetId};
 use super::logq::LogQueue;
@@ -45,6 +46,7 @@ pub struct Engine {
     backlog: Arc<Backlog>,
     log: Arc<LogQueue>,
     difflog: Arc<DiffLog>,
+    copylog: Arc<CopyLog>,
     clock: Clock,
 }
 
@@ -87,17 +89,19 @@ impl Engine {
             .build()?;
         let log = Arc::new(LogQueue::new(specs.len()));
         let difflog = Arc::new(DiffLog::new(&settings.compare_logs));
+        let copylog = Arc::new(CopyLog::default());
         let backlog = Backlog::new(settings.queue_size, settings.queue_bytes);
         let clock = Clock(Instant::now());
         let mut lanes = Table::default();
         for (id, spec) in specs.iter() {
             let target = Arc::new(Target::new(id, spec.clone(), settings.client, log.clone()));
             let (tx, rx) = unbounded_channel();
-            runtime.spawn(dispatch(target.clone(), rx, clock, difflog.clone(), backlog.clone()));
+            let logs = Logs { diff: difflog.clone(), copies: copylog.clone() };
+            runtime.spawn(dispatch(target.clone(), rx, clock, logs, backlog.clone()));
             let lane_id = lanes.push(Lane { target, tx: Some(tx) });
             debug_assert_eq!(lane_id, id);
         }
-        Ok(Engine { runtime: Some(runtime), lanes, backlog, log, difflog, clock })
+        Ok(Engine { runtime: Some(runtime), lanes, backlog, log, difflog, copylog, clock })
     }
 
     pub fn targets(&self) -> impl Iterator<Item = (TargetId, &TargetSpec, &TargetStats)> {
@@ -118,6 +122,10 @@ impl Engine {
 
     pub fn difflog(&self) -> &DiffLog {
         &self.difflog
+    }
+
+    pub fn copylog(&self) -> &CopyLog {
+        &self.copylog
     }
 
     /// Comparison counters of target `id`; `None` while a runtime thread updates them.
@@ -215,11 +223,18 @@ impl Drop for Engine {
 const BATCH: Duration = Duration::from_millis(1);
 const IDLE: Duration = Duration::from_millis(100);
 
+/// Where a dispatcher's copies leave lines.
+#[derive(Clone)]
+struct Logs {
+    diff: Arc<DiffLog>,
+    copies: Arc<CopyLog>,
+}
+
 async fn dispatch(
     target: Arc<Target>,
     mut rx: UnboundedReceiver<Copy>,
     clock: Clock,
-    difflog: Arc<DiffLog>,
+    logs: Logs,
     backlog: Arc<Backlog>,
 ) {
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
@@ -252,29 +267,47 @@ async fn dispatch(
         // Waiting here keeps the copy in the backlog.
         let Ok(permit) = target.inflight.clone().acquire_owned().await else { break };
         target.wait_for_room().await;
-        let Some(mut copy) = copy.depart(clock.now_ms()) else { continue };
+        let log = copy.log.map(|l| (l, copy.head.clone()));
+        let Some(mut copy) = copy.depart(clock.now_ms()) else {
+            // The breaker opened while it waited.
+            if let Some((l, head)) = log {
+                let uri = String::from_utf8_lossy(&head.request_uri);
+                let outcome = Outcome::Dropped(DropReason::BreakerOpen);
+                logs.copies.push(l, &Record::new(&target.spec.url, head.method.as_str(), &uri, outcome));
+            }
+            continue;
+        };
         target.stats.inflight.fetch_add(1, Ordering::Relaxed);
         let t = target.clone();
-        let difflog = difflog.clone();
+        let logs = logs.clone();
         let backlog = backlog.clone();
         tokio::spawn(async move {
             let started = Instant::now();
             let keep = copy.compare.as_ref().map_or(0, |c| c.settings.max_body);
+            let body_state = copy.body.as_ref().map(|b| b.state.clone());
             let (outcome, resp) = t.deliver(&mut copy, keep, move || clock.now_ms()).await;
-            t.stats.observe(started.elapsed());
+            let took = started.elapsed();
+            t.stats.observe(took);
             t.stats.inflight.fetch_sub(1, Ordering::Relaxed);
             let compare = copy.compare.take();
             let timeout = copy.opts.timeout;
-            let (method, uri) = (copy.head.method.clone(), copy.head.request_uri.clone());
+            let log = copy.log;
+            let body_bytes = body_state.as_ref().map_or(0, |s| s.sent());
+            let head = copy.head.clone();
             copy.finish(outcome);
             drop(permit);
+            let uri = String::from_utf8_lossy(&head.request_uri);
+            let mut record = Record::new(&t.spec.url, head.method.as_str(), &uri, outcome);
+            record.status = resp.as_ref().map(|r| r.status);
+            record.reused = resp.as_ref().map(|r| r.reused);
+            record.duration = Some(took);
+            record.body_bytes = Some(body_bytes);
             if let Some(job) = compare {
-                let uri = String::from_utf8_lossy(&uri);
                 let report = Report {
                     stats: &t.verdicts,
-                    log: &difflog,
+                    log: &logs.diff,
                     target: &t.spec.url,
-                    method: method.as_str(),
+                    method: head.method.as_str(),
                     uri: &uri,
                 };
                 // The kept body is charged while it waits; with no room it is not compared.
@@ -285,8 +318,11 @@ async fn dispatch(
                         r.body = bytes::Bytes::new();
                     }
                 }
-                job.settle(resp, started + timeout, report).await;
+                record.verdict = Some(job.settle(resp, started + timeout, report).await);
                 drop(charge);
+            }
+            if let Some(l) = log {
+                logs.copies.push(l, &record);
             }
         });
     }

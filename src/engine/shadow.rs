@@ -210,13 +210,19 @@ async fn baseline(rx: &mut watch::Receiver<BaselineState>, deadline: Instant) ->
 
 impl CompareJob {
     /// Waits for what this copy is compared with, then counts (and logs) the verdict.
-    pub async fn settle(mut self, resp: Option<MirrorResponse>, deadline: Instant, report: Report<'_>) {
+    pub async fn settle(
+        mut self,
+        resp: Option<MirrorResponse>,
+        deadline: Instant,
+        report: Report<'_>,
+    ) -> Verdict {
         let mine = resp.map(|r| Arc::new(Answer::from_mirror(&r, &self.settings)));
         if let Role::Baseline(tx) = &self.role {
             let _ = tx.send(mine.clone().map_or(BaselineState::Missing, BaselineState::Answered));
         }
         let count = |verdict| {
             report.stats.add(&Tally { endpoint: &self.endpoint, verdict, candidate: None, baseline: None });
+            verdict
         };
         let Some(mine) = mine else { return count(Verdict::Uncompared(Uncompared::NotDelivered)) };
         let primary = match primary(&mut self.primary, deadline).await {
@@ -231,7 +237,7 @@ impl CompareJob {
                 let verdict = Verdict::of(&ours, None);
                 let endpoint = &self.endpoint;
                 report.stats.add(&Tally { endpoint, verdict, candidate: None, baseline: Some(&ours) });
-                return;
+                return verdict;
             }
             Role::Candidate(Some(rx)) => {
                 baseline(rx, deadline).await.map(|b| compare(&primary.answer, &b, &self.settings))
@@ -245,6 +251,7 @@ impl CompareJob {
         if verdict == Verdict::Differ {
             self.log(&report, &primary.answer, &mine, &ours, base.as_ref());
         }
+        verdict
     }
 
     fn log(

@@ -32,6 +32,8 @@ pub struct Snapshot {
     pub shared: bool,
     /// Mismatch log lines: written, suppressed, failed.
     pub log_lines: [u64; 3],
+    /// `async_mirror_log` lines: written, lost.
+    pub copy_lines: [u64; 2],
 }
 
 /// Label values escaped per the text format: backslash, double quote and newline.
@@ -211,6 +213,16 @@ const FAMILIES: &[Family] = &[
         }),
     },
     Family {
+        name: "log_lines_total",
+        kind: "counter",
+        help: "async_mirror_log lines, by result (lost: queue full or write failed).",
+        series: Series::GlobalMany(|s, out| {
+            for (i, r) in ["written", "lost"].iter().enumerate() {
+                out.push(("", format!("result=\"{r}\""), s.copy_lines[i].to_string()));
+            }
+        }),
+    },
+    Family {
         name: "compare_log_lines_total",
         kind: "counter",
         help: "Mismatch log lines, by result.",
@@ -314,8 +326,8 @@ pub fn json(s: &Snapshot) -> String {
     }
     let _ = writeln!(
         o,
-        "],\"compare_log_lines\":{{\"written\":{},\"suppressed\":{},\"failed\":{}}}}}",
-        s.log_lines[0], s.log_lines[1], s.log_lines[2]
+        "],\"compare_log_lines\":{{\"written\":{},\"suppressed\":{},\"failed\":{}}},\"log_lines\":{{\"written\":{},\"lost\":{}}}}}",
+        s.log_lines[0], s.log_lines[1], s.log_lines[2], s.copy_lines[0], s.copy_lines[1]
     );
     o
 }
@@ -353,6 +365,7 @@ mod tests {
             queue_bytes: 300,
             shared: true,
             log_lines: [1, 2, 0],
+            copy_lines: [0, 0],
         }
     }
 

@@ -241,7 +241,7 @@ impl Target {
                     drop(permit);
                     // A pooled connection the mirror closed meanwhile fails before anything is
                     // sent; hyper hands the request back.
-                    match Box::pin(self.exchange_h1(conn, req, job)).await {
+                    match Box::pin(self.exchange_h1(conn, req, job, true)).await {
                         Err(ExchangeError::Stale(back)) => {
                             req = *back;
                             fresh_only = true;
@@ -258,7 +258,8 @@ impl Target {
                     let conn = self.connect_h1(job, slot).await;
                     drop(permit);
                     self.limits.notify.notify_waiters();
-                    return settle(Box::pin(self.exchange_h1(conn?, req, job)).await).map_err(Miss::from);
+                    return settle(Box::pin(self.exchange_h1(conn?, req, job, false)).await)
+                        .map_err(Miss::from);
                 }
                 Checkout::Full => drop(permit),
             }
@@ -284,8 +285,10 @@ impl Target {
         mut conn: Pooled<http1::Conn>,
         req: http::Request<CopyBody>,
         job: &Job<'_>,
+        reused: bool,
     ) -> Result<MirrorResponse, ExchangeError> {
-        let (resp, reusable) = http1::exchange(&mut conn.conn, req, job.opts.timeout, job.keep).await?;
+        let (mut resp, reusable) = http1::exchange(&mut conn.conn, req, job.opts.timeout, job.keep).await?;
+        resp.reused = reused;
         if reusable {
             self.h1.checkin(conn);
         }
@@ -303,6 +306,8 @@ impl Target {
             return Err(Failure::new(FailReason::Connect, "no HTTP/2 pool").into());
         };
         let mut resent = false;
+        // This copy opened the connection it goes over.
+        let mut fresh = false;
         let mut waiter: Option<Waiter<'_>> = None;
         loop {
             let lease = match pool.lease(&job.key) {
@@ -313,11 +318,14 @@ impl Target {
                         drop(permit);
                         self.limits.notify.notify_waiters();
                         match connected? {
-                            Connected::H2(conn) => pool.add(conn),
+                            Connected::H2(conn) => {
+                                fresh = true;
+                                pool.add(conn)
+                            }
                             // The server chose HTTP/1.1 in ALPN: this and later copies use it.
                             Connected::H1(conn) => {
                                 let req = copy_as_h1(req);
-                                return settle(Box::pin(self.exchange_h1(conn, req, job)).await)
+                                return settle(Box::pin(self.exchange_h1(conn, req, job, false)).await)
                                     .map_err(Miss::from);
                             }
                         }
@@ -339,7 +347,10 @@ impl Target {
             ))
             .await
             {
-                Ok(resp) => return Ok(resp),
+                Ok(mut resp) => {
+                    resp.reused = !fresh;
+                    return Ok(resp);
+                }
                 Err(http2::ExchangeError::Unprocessed(back)) if !resent => {
                     // Sent again once, on whichever connection has room (a GOAWAY'd one no longer does).
                     resent = true;

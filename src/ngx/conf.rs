@@ -92,6 +92,8 @@ pub struct MainConf {
     pub compare_logs: Vec<CompareLog>,
     /// The `sample=` of every `async_mirror` line, by URL as written (for the API).
     pub samples: Vec<(String, u32)>,
+    /// `async_mirror_log` files, opened (and reopened) by nginx.
+    pub copy_logs: Vec<NonNull<ngx_open_file_t>>,
 }
 
 impl MainConf {
@@ -211,6 +213,16 @@ pub struct LocConf {
     pub compare_settings: Option<Arc<CompareSettings>>,
     /// `async_mirror_api [write=on]` in this location: whether changes are allowed.
     pub api_write: Option<bool>,
+    /// `async_mirror_log`; `Some(None)` is `off`.
+    pub copy_log: Option<Option<CopyLogRef>>,
+}
+
+/// One `async_mirror_log FILE [if=VALUE]` line.
+#[derive(Debug, Clone, Copy)]
+pub struct CopyLogRef {
+    /// Index into [`MainConf::copy_logs`].
+    pub index: usize,
+    pub cond: Option<NonNull<ngx_http_complex_value_t>>,
 }
 
 impl LocConf {
@@ -342,6 +354,7 @@ impl Merge for LocConf {
         self.compare_max_body = self.compare_max_body.or(prev.compare_max_body);
         self.compare_key = self.compare_key.or(prev.compare_key);
         self.compare_log = self.compare_log.or(prev.compare_log);
+        self.copy_log = self.copy_log.or(prev.copy_log);
         if self.primary_status.is_none() {
             self.primary_status = prev.primary_status.clone();
         }

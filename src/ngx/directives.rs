@@ -11,13 +11,13 @@ use std::time::Duration;
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
     NGX_LOG_EMERG, NGX_OK, ngx_command_t, ngx_conf_open_file, ngx_conf_t, ngx_http_compile_complex_value,
-    ngx_http_compile_complex_value_t, ngx_http_complex_value_t, ngx_pcalloc, ngx_shared_memory_add,
-    ngx_str_t,
+    ngx_http_compile_complex_value_t, ngx_http_complex_value_t, ngx_open_file_t, ngx_pcalloc,
+    ngx_shared_memory_add, ngx_str_t,
 };
 use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
 use ngx::ngx_conf_log_error;
 
-use super::conf::{CompareLog, LocConf, MainConf, MirrorRef, Registered, SetHeader, defaults};
+use super::conf::{CompareLog, CopyLogRef, LocConf, MainConf, MirrorRef, Registered, SetHeader, defaults};
 use super::{api, status, zone};
 use crate::engine::url::PathKind;
 use crate::engine::{compare, parse, sample};
@@ -390,6 +390,53 @@ directive!(cmd_compare_key, LocConf, |cf, lc, args| {
     set_once(&mut lc.compare_key, cv.ok_or_else(|| ConfError::Msg("out of memory".into()))?)
 });
 
+/// Opens a log file the nginx way: relative to the prefix, with the cycle's other files,
+/// reopened on `nginx -s reopen`.
+fn open_log(cf: &mut ngx_conf_t, path: &str) -> Result<std::ptr::NonNull<ngx_open_file_t>, ConfError> {
+    if path.is_empty() || path.contains('$') {
+        return Err(format!("invalid log file \"{path}\" (variables are not supported)").into());
+    }
+    let mut name = ngx_str_t { len: path.len(), data: path.as_ptr().cast_mut() };
+    // SAFETY: while parsing configuration; the name lives in the configuration pool.
+    std::ptr::NonNull::new(unsafe { ngx_conf_open_file(cf.cycle, &mut name) })
+        .ok_or_else(|| ConfError::Msg(format!("cannot open log \"{path}\"")))
+}
+
+directive!(cmd_log, LocConf, |cf, lc, args| {
+    if lc.copy_log.is_some() {
+        return Err(ConfError::Duplicate);
+    }
+    if args[0] == "off" {
+        if let Some(extra) = args.get(1) {
+            return Err(format!("unexpected parameter \"{extra}\" after \"off\"").into());
+        }
+        lc.copy_log = Some(None);
+        return Ok(());
+    }
+    let mut cond = None;
+    for param in &args[1..] {
+        match param.split_once('=') {
+            Some(("if", v)) if cond.is_none() && !v.is_empty() => {
+                cond = std::ptr::NonNull::new(complex_value(cf, v)?)
+            }
+            _ => return Err(format!("invalid parameter \"{param}\"").into()),
+        }
+    }
+    let file = open_log(cf, args[0])?;
+    let Some(mc) = M::main_conf_mut(&*cf) else {
+        return Err(ConfError::Msg("no http main configuration".into()));
+    };
+    let index = match mc.copy_logs.iter().position(|f| *f == file) {
+        Some(i) => i,
+        None => {
+            mc.copy_logs.push(file);
+            mc.copy_logs.len() - 1
+        }
+    };
+    lc.copy_log = Some(Some(CopyLogRef { index, cond }));
+    Ok(())
+});
+
 directive!(cmd_compare_log, LocConf, |cf, lc, args| {
     if lc.compare_log.is_some() {
         return Err(ConfError::Duplicate);
@@ -408,14 +455,7 @@ directive!(cmd_compare_log, LocConf, |cf, lc, args| {
             _ => return Err(format!("invalid parameter \"{param}\"").into()),
         }
     }
-    if args[0].is_empty() || args[0].contains('$') {
-        return Err(format!("invalid log file \"{}\" (variables are not supported)", args[0]).into());
-    }
-    let mut name = ngx_str_t { len: args[0].len(), data: args[0].as_ptr().cast_mut() };
-    // SAFETY: while parsing configuration; nginx resolves the name against the prefix,
-    // opens the file with the cycle's other files and reopens it on `nginx -s reopen`.
-    let file = std::ptr::NonNull::new(unsafe { ngx_conf_open_file(cf.cycle, &mut name) })
-        .ok_or_else(|| ConfError::Msg(format!("cannot open log \"{}\"", args[0])))?;
+    let file = open_log(cf, args[0])?;
     let Some(mc) = M::main_conf_mut(&*cf) else {
         return Err(ConfError::Msg("no http main configuration".into()));
     };

@@ -10,6 +10,7 @@ use super::log;
 use super::process::{Selection, with_engine};
 use super::request::{HeaderIter, eval, str_bytes};
 use crate::engine::compare::CompareSettings;
+use crate::engine::copylog::Record;
 use crate::engine::job::CaptureError;
 use crate::engine::parse::{Dest, parse_dest};
 use crate::engine::queue::Charge;
@@ -109,9 +110,22 @@ fn dispatch(
     let mut shadow = lc.compare_settings.as_ref().map(|s| Shadow::new(r, lc, s));
     let mut head: Option<Result<Arc<RequestHead>, CaptureError>> = None;
     let now = std::time::Instant::now();
+    // `async_mirror_log`, its `if=` evaluated once for the request's copies.
+    let log = lc.copy_log.flatten().filter(|l| l.cond.is_none_or(|cv| is_true(eval(r, cv.as_ptr()))));
+    let (method, uri) = (
+        String::from_utf8_lossy(str_bytes(&r.method_name)),
+        String::from_utf8_lossy(str_bytes(&r.unparsed_uri)),
+    );
     for m in lc.mirrors() {
         let Some(id) = m.target else { continue };
         let Some(spec) = engine.spec(id) else { continue };
+        // A copy whose outcome is decided here: for the variable, and for the copy log.
+        let refused = |ctx: &mut RequestCtx, outcome: Outcome| {
+            ctx.record(outcome);
+            if let Some(l) = log {
+                engine.copylog().push(l.index, &Record::new(&spec.url, &method, &uri, outcome));
+            }
+        };
         // The control API's override: a paused target gets no copies (not counted).
         let ov = select.overrides.get(id).copied().unwrap_or_default();
         if ov.paused == Some(true) {
@@ -140,13 +154,13 @@ fn dispatch(
         let admission = match engine.admit(id, early, opts, held) {
             Ok(a) => a,
             Err(outcome) => {
-                ctx.record(outcome);
+                refused(ctx, outcome);
                 continue;
             }
         };
         let captured = head.get_or_insert_with(|| req.capture().map(Arc::new));
         let Ok(h) = captured else {
-            ctx.record(admission.end(Outcome::Skipped));
+            refused(ctx, admission.end(Outcome::Skipped));
             continue;
         };
         let body = req.stream_body.then(|| {
@@ -157,10 +171,11 @@ fn dispatch(
         let mut copy = match admission.into_copy(h.clone(), dest, body) {
             Ok(copy) => copy,
             Err(outcome) => {
-                ctx.record(outcome);
+                refused(ctx, outcome);
                 continue;
             }
         };
+        copy.log = log.map(|l| l.index);
         if let Some(shadow) = shadow.as_mut() {
             copy.compare = Some(shadow.job(engine, ctx, m.baseline));
         }
@@ -171,9 +186,17 @@ fn dispatch(
         }
         match engine.submit(copy) {
             Ok(()) => ctx.push("queued"),
-            Err(outcome) => ctx.record(outcome),
+            Err(outcome) => {
+                refused(ctx, outcome);
+                0
+            }
         };
     }
+}
+
+/// How `if=` reads a value, as nginx's `access_log ... if=` does: empty or "0" is false.
+fn is_true(v: Option<&[u8]>) -> bool {
+    matches!(v, Some(v) if !v.is_empty() && v != b"0")
 }
 
 /// One request's comparison: the endpoint, the primary's channel and the baseline's.

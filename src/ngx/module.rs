@@ -149,7 +149,7 @@ const fn command(name: ngx_str_t, type_: u32, set: SetFn) -> ngx_command_t {
 
 type M = Module;
 
-pub static mut COMMANDS: [ngx_command_t; 32] = [
+pub static mut COMMANDS: [ngx_command_t; 33] = [
     command(ngx_string!("async_mirror"), HSL | NGX_CONF_1MORE, cmd_async_mirror::<M>),
     command(ngx_string!("async_mirror_set_header"), HSL | NGX_CONF_TAKE2, cmd_set_header::<M>),
     command(ngx_string!("async_mirror_if"), HSL | NGX_CONF_1MORE, cmd_if::<M>),
@@ -186,6 +186,7 @@ pub static mut COMMANDS: [ngx_command_t; 32] = [
         NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS | NGX_CONF_TAKE1,
         cmd_api::<M>,
     ),
+    command(ngx_string!("async_mirror_log"), HSL | NGX_CONF_TAKE12, cmd_log::<M>),
     command(ngx_string!("async_mirror_compare"), HSL | NGX_CONF_TAKE1, cmd_compare::<M>),
     command(ngx_string!("async_mirror_compare_headers"), HSL | NGX_CONF_1MORE, cmd_compare_headers::<M>),
     command(

@@ -5,7 +5,7 @@
 
 use std::cell::RefCell;
 use std::ptr::NonNull;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ngx::ffi::{
@@ -41,6 +41,8 @@ pub struct Worker {
     pub shared: Option<Shared>,
     /// `async_mirror_compare_log` files, as nginx opened them (it reopens them in place).
     compare_logs: Vec<NonNull<ngx_open_file_t>>,
+    /// `async_mirror_log` files.
+    copy_logs: Vec<NonNull<ngx_open_file_t>>,
     drain_timeout: Duration,
     ticks: u32,
 }
@@ -114,6 +116,7 @@ pub unsafe extern "C" fn init_process<M: Registered>(cycle: *mut ngx_cycle_t) ->
                     select,
                     shared,
                     compare_logs: mc.compare_logs.iter().map(|l| l.file).collect(),
+                    copy_logs: mc.copy_logs.clone(),
                     drain_timeout: mc.drain_timeout(),
                     ticks: 0,
                 }));
@@ -143,7 +146,7 @@ pub unsafe extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
         w.engine.drain(w.drain_timeout);
         w.engine.shutdown(SHUTDOWN_GRACE);
         write_reports(&w.engine);
-        write_compare_logs(&w.engine, &w.compare_logs);
+        write_logs(&w.engine, &w.compare_logs, &w.copy_logs);
         if let Some(shared) = w.shared.as_mut() {
             shared.fold(&w.engine, true);
         }
@@ -176,7 +179,7 @@ fn start_report_timer() {
 unsafe extern "C" fn report_timer_handler(ev: *mut ngx_event_t) {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         with_worker(|w| {
-            write_compare_logs(&w.engine, &w.compare_logs);
+            write_logs(&w.engine, &w.compare_logs, &w.copy_logs);
             if let Some(shared) = w.shared.as_mut() {
                 shared.fold(&w.engine, false);
                 w.select.overrides = shared.overrides();
@@ -206,14 +209,29 @@ fn write_reports(engine: &Engine) {
     }
 }
 
-/// Writes the mismatch lines the runtime left, one write per file, as nginx's access
-/// log does from the worker; a failed write loses those lines (counted), nothing else.
-fn write_compare_logs(engine: &Engine, files: &[NonNull<ngx_open_file_t>]) {
-    let lines = engine.difflog().take();
+/// Writes the lines runtime threads (and handlers) left for nginx's files: one write
+/// per file, as nginx's access log does from the worker. A failed write loses those
+/// lines (counted), nothing else.
+fn write_logs(
+    engine: &Engine,
+    compare_logs: &[NonNull<ngx_open_file_t>],
+    copy_logs: &[NonNull<ngx_open_file_t>],
+) {
+    let diff = &engine.difflog().counts;
+    write_lines(engine.difflog().take(), compare_logs, &diff.written, &diff.failed);
+    let copies = engine.copylog();
+    write_lines(copies.take(), copy_logs, &copies.written, &copies.lost);
+}
+
+fn write_lines(
+    lines: Vec<(usize, String)>,
+    files: &[NonNull<ngx_open_file_t>],
+    written: &AtomicU64,
+    failed: &AtomicU64,
+) {
     if lines.is_empty() {
         return;
     }
-    let counts = &engine.difflog().counts;
     for (i, file) in files.iter().enumerate() {
         let (mut buf, mut n) = (Vec::new(), 0u64);
         for (_, line) in lines.iter().filter(|(l, _)| *l == i) {
@@ -228,11 +246,8 @@ fn write_compare_logs(engine: &Engine, files: &[NonNull<ngx_open_file_t>]) {
         // changes its fd on reopen, on this same thread.
         let fd = unsafe { file.as_ref().fd };
         // SAFETY: buf is a valid buffer of buf.len() bytes.
-        let written = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
-        if written == buf.len() as isize {
-            counts.written.fetch_add(n, Ordering::Relaxed);
-        } else {
-            counts.failed.fetch_add(n, Ordering::Relaxed);
-        }
+        let done = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        let counter = if done == buf.len() as isize { written } else { failed };
+        counter.fetch_add(n, Ordering::Relaxed);
     }
 }

@@ -89,8 +89,8 @@ fn snapshot() -> Snapshot {
             shared.fold(&w.engine, false);
             let (queue_jobs, queue_bytes) = shared.zone.queue();
             let targets = shared.zone.read();
-            let log_lines = shared.zone.log_lines();
-            return Snapshot { targets, queue_jobs, queue_bytes, shared: true, log_lines };
+            let (log_lines, copy_lines) = (shared.zone.log_lines(), shared.zone.copy_lines());
+            return Snapshot { targets, queue_jobs, queue_bytes, shared: true, log_lines, copy_lines };
         }
         // One series per URL: an https URL used under several TLS settings is several targets.
         let mut targets: Vec<TargetSnapshot> = Vec::new();
@@ -123,6 +123,7 @@ fn snapshot() -> Snapshot {
             queue_bytes: w.engine.queued_bytes() as i64,
             shared: false,
             log_lines: w.engine.difflog().counts.snapshot(),
+            copy_lines: w.engine.copylog().counts(),
         }
     })
 }

@@ -52,6 +52,8 @@ struct Header {
     /// Slots of the endpoint area that follows the target slots.
     endpoints: AtomicU64,
     log_lines: [AtomicU64; 3],
+    /// `async_mirror_log` lines: written, lost.
+    copy_lines: [AtomicU64; 2],
 }
 
 /// What a zone's memory holds.
@@ -354,7 +356,17 @@ impl Zone {
         [0, 1, 2].map(|i| h.log_lines[i].load(Ordering::Relaxed))
     }
 
-    pub fn add_log_lines(&self, delta: [u64; 3]) {
+    pub fn copy_lines(&self) -> [u64; 2] {
+        let h = self.header();
+        [0, 1].map(|i| h.copy_lines[i].load(Ordering::Relaxed))
+    }
+
+    pub fn add_log_lines(&self, delta: [u64; 3], copies: [u64; 2]) {
+        for (c, d) in self.header().copy_lines.iter().zip(copies) {
+            if d != 0 {
+                c.fetch_add(d, Ordering::Relaxed);
+            }
+        }
         for (c, d) in self.header().log_lines.iter().zip(delta) {
             if d != 0 {
                 c.fetch_add(d, Ordering::Relaxed);
@@ -594,6 +606,7 @@ pub struct Shared {
     /// Per target, this worker's endpoints (in the order the engine lists them) in the zone.
     compare: Table<TargetId, Vec<EndpointLink>>,
     last_lines: [u64; 3],
+    last_copy_lines: [u64; 2],
 }
 
 /// One of this worker's endpoints, its slot in the zone and what was already added.
@@ -619,6 +632,7 @@ impl Shared {
             slots,
             last_queue: (0, 0),
             last_lines: [0; 3],
+            last_copy_lines: [0; 2],
         }
     }
 
@@ -651,8 +665,11 @@ impl Shared {
         }
         let lines = engine.difflog().counts.snapshot();
         let delta = [0, 1, 2].map(|i| lines[i].wrapping_sub(self.last_lines[i]));
-        self.zone.add_log_lines(delta);
+        let copies = engine.copylog().counts();
+        let copies_delta = [0, 1].map(|i| copies[i].wrapping_sub(self.last_copy_lines[i]));
+        self.zone.add_log_lines(delta, copies_delta);
         self.last_lines = lines;
+        self.last_copy_lines = copies;
         let q = if last_fold { (0, 0) } else { (engine.queued_jobs() as i64, engine.queued_bytes() as i64) };
         self.zone.add_queue(q.0 - self.last_queue.0, q.1 - self.last_queue.1);
         self.last_queue = q;
