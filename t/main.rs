@@ -13,5 +13,6 @@ mod copylog;
 mod hostile;
 mod mirror;
 mod observability;
+mod resolve;
 mod sampling;
 mod tls;

@@ -47,18 +47,22 @@ async fn resolve(d: &Dest, limit: Duration) -> Result<SocketAddr, Failure> {
     }
 }
 
-/// Resolves, connects and, for `https://`, completes the TLS handshake, all within
-/// `limit` (`async_mirror_connect_timeout`).
+/// Resolves (unless `at` says where), connects and, for `https://`, completes the TLS
+/// handshake, all within `limit` (`async_mirror_connect_timeout`).
 ///
 /// # Errors
 /// `failed{connect}` with a line for the error log.
 pub async fn connect(
     d: &Dest,
+    at: Option<SocketAddr>,
     tls: Option<&Arc<rustls::ClientConfig>>,
     limit: Duration,
 ) -> Result<(Stream, Alpn), Failure> {
     let started = Instant::now();
-    let addr = resolve(d, limit).await?;
+    let addr = match at {
+        Some(addr) => addr,
+        None => resolve(d, limit).await?,
+    };
     let left = limit.saturating_sub(started.elapsed());
     let tcp = match timeout(left, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,

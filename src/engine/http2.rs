@@ -151,15 +151,17 @@ impl Pool {
         Lease { conn, limits: self.limits.clone(), epoch: self.epoch }
     }
 
-    /// Closes connections idle past the keepalive timeout and forgets closed ones.
-    pub fn sweep(&self) {
+    /// Closes connections idle past the keepalive timeout (or idle to a destination `keep`
+    /// no longer wants) and forgets closed ones.
+    pub fn sweep(&self, keep: impl Fn(&Key) -> bool) {
         let now = self.epoch.elapsed().as_millis() as u64;
         let ttl = self.keepalive.as_millis() as u64;
         if let Ok(mut conns) = self.conns.lock() {
             conns.retain(|c| {
-                let idle = c.active.load(Ordering::Acquire) == 0
-                    && now.saturating_sub(c.last_used.load(Ordering::Acquire)) >= ttl;
-                !c.sender.is_closed() && !idle
+                let unused = c.active.load(Ordering::Acquire) == 0;
+                let idle = unused && now.saturating_sub(c.last_used.load(Ordering::Acquire)) >= ttl;
+                let gone = unused && !keep(&c.key);
+                !c.sender.is_closed() && !idle && !gone
             });
         }
     }

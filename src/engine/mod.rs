@@ -22,6 +22,7 @@ pub mod outcome;
 pub mod parse;
 pub mod pool;
 pub mod queue;
+pub mod resolve;
 pub mod response;
 pub mod runtime;
 pub mod sample;

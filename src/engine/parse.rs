@@ -23,6 +23,8 @@ pub struct TargetSpec {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// `async_mirror_http_version 2`: h2c, or ALPN h2 with HTTP/1.1 as the fallback.
     pub http2: bool,
+    /// `resolve=TIME`: the host name is looked up again every TIME on the runtime.
+    pub resolve: Option<std::time::Duration>,
 }
 
 /// Where one copy goes.
@@ -50,6 +52,15 @@ impl Dest {
 /// # Errors
 /// A message suitable after `async_mirror: ` naming what is wrong.
 pub fn parse_target(written: &str) -> Result<TargetSpec, String> {
+    parse_target_with(written, None)
+}
+
+/// As [`parse_target`]; with `resolve`, a host name is not looked up now but on the
+/// runtime, every `resolve`, for as long as the worker runs.
+///
+/// # Errors
+/// As [`parse_target`]; `resolve` with an IP address.
+pub fn parse_target_with(written: &str, resolve: Option<std::time::Duration>) -> Result<TargetSpec, String> {
     let url = Url::parse(written, PathKind::Prefix).map_err(|e| match e {
         UrlError::Scheme(s) => {
             format!("unsupported scheme \"{s}\" in URL \"{written}\" (expected http or https)")
@@ -57,6 +68,19 @@ pub fn parse_target(written: &str) -> Result<TargetSpec, String> {
         UrlError::TooLong => too_long(written),
         UrlError::Invalid(why) => format!("invalid URL \"{written}\": {why}"),
     })?;
+    if resolve.is_some() {
+        if url.host.parse::<IpAddr>().is_ok() {
+            return Err(format!("resolve needs a host name, not an address, in URL \"{written}\""));
+        }
+        return Ok(TargetSpec {
+            url: written.to_string(),
+            https: url.https,
+            dest: Some(Dest::new(url, PathKind::Prefix, None)),
+            tls: None,
+            http2: false,
+            resolve,
+        });
+    }
     let addr = (url.host.as_str(), url.port)
         .to_socket_addrs()
         .map_err(|e| format!("host not found in URL \"{written}\": {e}"))?
@@ -68,6 +92,7 @@ pub fn parse_target(written: &str) -> Result<TargetSpec, String> {
         dest: Some(Dest::new(url, PathKind::Prefix, Some(addr))),
         tls: None,
         http2: false,
+        resolve: None,
     })
 }
 
@@ -89,7 +114,7 @@ pub fn parse_template(written: &str) -> Result<TargetSpec, String> {
     if written.len() > url::MAX_LEN {
         return Err(too_long(written));
     }
-    Ok(TargetSpec { url: written.to_string(), https, dest: None, tls: None, http2: false })
+    Ok(TargetSpec { url: written.to_string(), https, dest: None, tls: None, http2: false, resolve: None })
 }
 
 /// Whether the path part of a template has variables: then the evaluated path is the

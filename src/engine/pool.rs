@@ -151,10 +151,12 @@ impl<C: Connection> Pool<C> {
         self.limits.notify.notify_one();
     }
 
-    /// Closes idle connections past the keepalive timeout or closed by the peer.
-    pub fn sweep(&self) {
+    /// Closes idle connections past the keepalive timeout, closed by the peer, or whose
+    /// destination `keep` no longer wants.
+    pub fn sweep(&self, keep: impl Fn(&Key) -> bool) {
         if let Ok(mut idle) = self.idle.lock() {
             self.prune(&mut idle);
+            idle.retain(|i| keep(&i.conn.key));
         }
     }
 
@@ -220,7 +222,7 @@ mod tests {
         }
         pool.checkin(d);
         std::thread::sleep(Duration::from_millis(60));
-        pool.sweep();
+        pool.sweep(|_| true);
         assert_eq!((pool.idle(), limits.open()), (0, 0), "expired connections close");
     }
 }

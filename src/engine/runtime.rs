@@ -94,7 +94,12 @@ impl Engine {
         let clock = Clock(Instant::now());
         let mut lanes = Table::default();
         for (id, spec) in specs.iter() {
-            let target = Arc::new(Target::new(id, spec.clone(), settings.client, log.clone()));
+            let target = Arc::new(Target::new(id, spec.clone(), &settings.client, log.clone()));
+            if let Some(r) = target.resolver.clone() {
+                let t = target.clone();
+                // A changed set: idle connections to addresses that left are closed now.
+                runtime.spawn(r.run(id, log.clone(), move || t.sweep()));
+            }
             let (tx, rx) = unbounded_channel();
             let logs = Logs { diff: difflog.clone(), copies: copylog.clone() };
             runtime.spawn(dispatch(target.clone(), rx, clock, logs, backlog.clone()));
@@ -340,7 +345,11 @@ mod tests {
             threads: 1,
             queue_size: 1000,
             queue_bytes: 8 << 20,
-            client: ClientSettings { keepalive_timeout: Duration::from_secs(60), max_connections },
+            client: ClientSettings {
+                keepalive_timeout: Duration::from_secs(60),
+                max_connections,
+                hosts_file: None,
+            },
             compare_logs: Vec::new(),
         }
     }

@@ -26,14 +26,18 @@ use super::logq::LogQueue;
 use super::outcome::{DropReason, FailReason, Failure, Outcome, TargetStats};
 use super::parse::{Dest, TargetSpec};
 use super::pool::{CONNECTS_IN_PROGRESS, Checkout, Key, Limits, Pool, Pooled, Slot};
+use super::resolve::Resolver;
 use super::response::MirrorResponse;
 use super::verdict::VerdictStats;
 
 /// Per-target connection settings (from the http-level directives).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ClientSettings {
     pub keepalive_timeout: Duration,
     pub max_connections: usize,
+    /// `resolve=` looks names up in this hosts-format file instead of the system
+    /// resolver (set by test builds only).
+    pub hosts_file: Option<std::path::PathBuf>,
 }
 
 pub struct Target {
@@ -52,6 +56,8 @@ pub struct Target {
     /// An `https://` target asked for HTTP/2 whose server chose HTTP/1.1 in ALPN.
     h1_only: AtomicBool,
     log: Arc<LogQueue>,
+    /// `resolve=`: the name's current addresses.
+    pub resolver: Option<Arc<Resolver>>,
 }
 
 /// A registration for the target's next "a connection or stream may be free".
@@ -79,11 +85,19 @@ struct Job<'a> {
     deadline: Instant,
     /// Response body bytes to keep (for comparison).
     keep: usize,
+    /// `resolve=`: the address picked for this copy.
+    at: Option<std::net::SocketAddr>,
 }
 
 impl Target {
-    pub fn new(id: TargetId, spec: TargetSpec, settings: ClientSettings, log: Arc<LogQueue>) -> Target {
+    pub fn new(id: TargetId, spec: TargetSpec, settings: &ClientSettings, log: Arc<LogQueue>) -> Target {
         let max = settings.max_connections;
+        let resolver = match (&spec.dest, spec.resolve) {
+            (Some(d), Some(every)) if d.addr.is_none() => {
+                Some(Arc::new(Resolver::new(&d.url.host, d.url.port, every, settings.hosts_file.clone())))
+            }
+            _ => None,
+        };
         let (limits, inflight, h2) = if spec.http2 {
             let limits = Limits::new(max, 1);
             let pool = http2::Pool::new(limits.clone(), settings.keepalive_timeout);
@@ -102,16 +116,19 @@ impl Target {
             h1: Pool::new(limits.clone(), settings.keepalive_timeout),
             h2,
             h1_only: AtomicBool::new(false),
+            resolver,
             limits,
             log,
         }
     }
 
-    /// Closes idle connections past their keepalive timeout.
+    /// Closes idle connections past their keepalive timeout, or to an address the
+    /// target's name no longer resolves to.
     pub fn sweep(&self) {
-        self.h1.sweep();
+        let keep = |key: &Key| self.resolver.as_ref().is_none_or(|r| r.keeps(key));
+        self.h1.sweep(keep);
         if let Some(h2) = &self.h2 {
-            h2.sweep();
+            h2.sweep(keep);
         }
     }
 
@@ -167,8 +184,23 @@ impl Target {
             (None, Some(d)) => (d, None),
             (None, None) => return (Outcome::Failed(FailReason::Connect), None),
         };
+        // `resolve=`: one of the name's current addresses, round-robin; connections are
+        // pooled per address.
+        let (at, key) = match &self.resolver {
+            None => (None, key),
+            Some(r) => match r.pick() {
+                Some(a) => (Some(a), Some((a.ip().to_string(), a.port()))),
+                None => {
+                    let host = &r.host;
+                    self.log.push(self.id, || {
+                        format!("copy failed (failed_connect): \"{host}\" has not resolved")
+                    });
+                    return (Outcome::Failed(FailReason::Connect), None);
+                }
+            },
+        };
         let deadline = Instant::now() + opts.timeout;
-        let job = Job { dest, key, opts, probe: copy.is_probe(), deadline, keep };
+        let job = Job { dest, key, opts, probe: copy.is_probe(), deadline, keep, at };
         let result = if self.h2.is_some() && !self.h1_only.load(Ordering::Relaxed) {
             // Without a body, a stream the server did not process can be sent again.
             let again = state.is_none().then(|| copy.head.clone());
@@ -272,7 +304,8 @@ impl Target {
 
     async fn connect_h1(&self, job: &Job<'_>, slot: Slot) -> Result<Pooled<http1::Conn>, Failure> {
         let (io, _) =
-            Box::pin(connect::connect(job.dest, self.spec.tls.as_ref(), job.opts.connect_timeout)).await?;
+            Box::pin(connect::connect(job.dest, job.at, self.spec.tls.as_ref(), job.opts.connect_timeout))
+                .await?;
         self.stats.connections_opened.fetch_add(1, Ordering::Relaxed);
         let conn = http1::handshake(io).await.map_err(|e| {
             Failure::new(FailReason::Connect, format!("handshake with {} failed: {e}", job.dest.authority))
@@ -375,7 +408,8 @@ impl Target {
     }
 
     async fn connect_h2(&self, job: &Job<'_>, slot: Slot) -> Result<Connected, Failure> {
-        let (io, alpn) = connect::connect(job.dest, self.spec.tls.as_ref(), job.opts.connect_timeout).await?;
+        let (io, alpn) =
+            connect::connect(job.dest, job.at, self.spec.tls.as_ref(), job.opts.connect_timeout).await?;
         self.stats.connections_opened.fetch_add(1, Ordering::Relaxed);
         if self.spec.tls.is_some() && alpn != Alpn::H2 {
             if !self.h1_only.swap(true, Ordering::Relaxed) {

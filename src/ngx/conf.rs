@@ -44,6 +44,8 @@ pub mod defaults {
     pub const BODY: bool = true;
     pub const BODY_MAX_SIZE: u64 = 1 << 20;
     pub const FAIL_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `resolve` without a time: how often a target's name is looked up again.
+    pub const RESOLVE: Duration = Duration::from_secs(30);
     pub const COMPARE: bool = false;
     pub const COMPARE_HEADERS: &[&str] = &["content-type"];
     pub const COMPARE_MAX_BODY: u64 = 64 << 10;
@@ -98,10 +100,16 @@ pub struct MainConf {
 
 impl MainConf {
     /// The id of `spec` among the written URLs, adding it if new.
-    pub fn add_spec(&mut self, spec: TargetSpec) -> SpecId {
+    ///
+    /// # Errors
+    /// The URL was written before with another `resolve=`.
+    pub fn add_spec(&mut self, spec: TargetSpec) -> Result<SpecId, String> {
         match self.specs.position(|t| t.url == spec.url) {
-            Some(id) => id,
-            None => self.specs.push(spec),
+            Some(id) if self.specs[id].resolve != spec.resolve => {
+                Err(format!("\"{}\" is used with different resolve= settings", spec.url))
+            }
+            Some(id) => Ok(id),
+            None => Ok(self.specs.push(spec)),
         }
     }
 
@@ -142,6 +150,7 @@ impl MainConf {
             client: ClientSettings {
                 max_connections: self.max_connections.unwrap_or(defaults::MAX_CONNECTIONS),
                 keepalive_timeout: self.keepalive_timeout.unwrap_or(defaults::KEEPALIVE_TIMEOUT),
+                hosts_file: None,
             },
             compare_logs: self.compare_logs.iter().map(|l| l.rate).collect(),
         }

@@ -125,18 +125,16 @@ directive!(cmd_async_mirror, LocConf, |cf, lc, args| {
     if matches!(&lc.mirrors, Some(v) if v.is_empty()) {
         return Err(ConfError::Duplicate);
     }
-    let dynamic = args[0].contains('$');
-    let (spec, url, path) = if dynamic {
-        let cv = std::ptr::NonNull::new(complex_value(cf, args[0])?);
-        (parse::parse_template(args[0])?, cv, parse::template_path_kind(args[0]))
-    } else {
-        (parse::parse_target(args[0])?, None, PathKind::Prefix)
-    };
     let (mut sample, mut key, mut rate) = (None, None, None);
     let mut baseline = false;
+    let mut resolve = None;
     for param in &args[1..] {
         let (name, value) = param.split_once('=').unwrap_or((param, ""));
         match name {
+            "resolve" if resolve.is_none() => {
+                resolve = Some(if param.contains('=') { positive_time(value)? } else { defaults::RESOLVE });
+            }
+            "resolve" => return Err(format!("duplicate parameter \"{param}\"").into()),
             "baseline" if !param.contains('=') && !baseline => baseline = true,
             "baseline" => return Err(format!("invalid parameter \"{param}\"").into()),
             "sample" if sample.is_none() => sample = Some(sample::parse_percent(value)?),
@@ -154,10 +152,23 @@ directive!(cmd_async_mirror, LocConf, |cf, lc, args| {
     if key.is_some() && sample.is_none() {
         return Err(ConfError::Msg("key= needs sample=".into()));
     }
+    let dynamic = args[0].contains('$');
+    if dynamic && resolve.is_some() {
+        return Err(ConfError::Msg(format!(
+            "resolve with variables in \"{}\" (such URLs are resolved for every connection)",
+            args[0]
+        )));
+    }
+    let (spec, url, path) = if dynamic {
+        let cv = std::ptr::NonNull::new(complex_value(cf, args[0])?);
+        (parse::parse_template(args[0])?, cv, parse::template_path_kind(args[0]))
+    } else {
+        (parse::parse_target_with(args[0], resolve)?, None, PathKind::Prefix)
+    };
     let Some(mc) = M::main_conf_mut(&*cf) else {
         return Err(ConfError::Msg("no http main configuration".into()));
     };
-    let spec = mc.add_spec(spec);
+    let spec = mc.add_spec(spec)?;
     let rate = rate.map(|r| mc.rates.push(r));
     let list = lc.mirrors.get_or_insert_with(Vec::new);
     if list.iter().any(|m| m.spec == spec) {

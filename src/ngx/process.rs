@@ -86,7 +86,18 @@ pub unsafe extern "C" fn init_process<M: Registered>(cycle: *mut ngx_cycle_t) ->
         if mc.targets.is_empty() {
             return;
         }
-        let settings = mc.engine_settings();
+        #[allow(unused_mut)] // set in test builds only
+        let mut settings = mc.engine_settings();
+        // Test builds: `resolve=` reads a `hosts` file under the prefix when there is one,
+        // so tests can move a name between addresses.
+        #[cfg(feature = "test-hooks")]
+        {
+            // SAFETY: nginx passes the new, valid cycle; read-only.
+            let prefix = unsafe { (*cycle).conf_prefix };
+            let dir = String::from_utf8_lossy(super::request::str_bytes(&prefix)).into_owned();
+            let hosts = std::path::Path::new(&dir).join("hosts");
+            settings.client.hosts_file = hosts.exists().then_some(hosts);
+        }
         match Engine::start(settings.clone(), &mc.targets, block_signals) {
             Ok(engine) => {
                 log::notice(&format!(

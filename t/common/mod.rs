@@ -395,6 +395,8 @@ pub struct Sink {
     pub port: u16,
     pub got: Arc<Mutex<Vec<Recorded>>>,
     conns: Arc<AtomicUsize>,
+    /// Connections open now.
+    open: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 }
 
@@ -412,13 +414,22 @@ impl Sink {
     pub fn answering(
         respond: impl Fn(&Recorded) -> Vec<(Duration, Vec<u8>)> + Send + Sync + 'static,
     ) -> Sink {
-        let respond: Respond = Arc::new(respond);
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::bound("127.0.0.1:0", Arc::new(respond))
+    }
+
+    /// A sink answering `200 ok` on `addr` (any address of 127.0.0.0/8, a chosen port).
+    pub fn on(addr: &str) -> Sink {
+        Self::bound(addr, Arc::new(|_| vec![(Duration::ZERO, reply(200, &[], b"ok", false))]))
+    }
+
+    fn bound(addr: &str, respond: Respond) -> Sink {
+        let listener = TcpListener::bind(addr).unwrap();
         let port = listener.local_addr().unwrap().port();
         let got = Arc::new(Mutex::new(Vec::new()));
         let conns = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (g, c, s) = (got.clone(), conns.clone(), stop.clone());
+        let (g, c, s, o) = (got.clone(), conns.clone(), stop.clone(), open.clone());
         thread::spawn(move || {
             for stream in listener.incoming() {
                 if s.load(Ordering::Relaxed) {
@@ -428,10 +439,15 @@ impl Sink {
                 let id = c.fetch_add(1, Ordering::Relaxed);
                 let (g, s, f) = (g.clone(), s.clone(), respond.clone());
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-                thread::spawn(move || serve_stream(stream, id, g, &*f, s));
+                let open = o.clone();
+                open.fetch_add(1, Ordering::SeqCst);
+                thread::spawn(move || {
+                    serve_stream(stream, id, g, &*f, s);
+                    open.fetch_sub(1, Ordering::SeqCst);
+                });
             }
         });
-        Sink { port, got, conns, stop }
+        Sink { port, got, conns, open, stop }
     }
 
     pub fn url(&self) -> String {
@@ -447,6 +463,11 @@ impl Sink {
     }
 
     /// Distinct TCP connections accepted so far.
+    /// Connections open now (the mirror has not closed them).
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
     pub fn connections(&self) -> usize {
         self.conns.load(Ordering::Relaxed)
     }
