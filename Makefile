@@ -9,6 +9,9 @@
 #   make test-addon   build through nginx's ./configure --add-dynamic-module, run the tests with it
 #   make check        cargo fmt --check and clippy -D warnings
 #   make test-valgrind  body, reload and hostile-input tests with nginx under valgrind
+#   make deb          build/libnginx-mod-http-async-mirror_<version>_amd64.deb for Debian 12's nginx
+#   make test-deb     install it on Debian's nginx, mirror through it, purge it; lintian
+#   make test-monitoring  real Prometheus (promtool, alert rules, dashboard queries) and the HTML page in Chromium
 #   make bench   async_mirror vs nginx's built-in mirror vs Envoy (DURATION=10 CONNS=10,100)
 #
 # One cargo profile (release) is used for everything: each profile builds its own nginx.
@@ -32,7 +35,7 @@ endif
 # Debian's packaged nginx, configured with Debian's own flags, for `make test-distro`.
 DEB_SRC    := $(BUILD)/debian-nginx
 
-.PHONY: all deps module demo test test-distro test-docker test-addon test-valgrind unittest check fmt clean help bench bench-soak bench-deps
+.PHONY: all deps module demo test test-distro distro-src deb test-deb test-docker test-addon test-valgrind unittest check fmt clean help bench bench-soak bench-deps
 
 all: module
 
@@ -88,14 +91,27 @@ bench-soak: module bench-deps
 
 # Debian: nginx + nginx-dev, the packaged source configured with Debian's flags, the module
 # built against it, and the whole suite run against /usr/sbin/nginx.
-test-distro: deps
+test-distro: distro-src
+	NGINX_BUILD_DIR=$(CURDIR)/$(DEB_SRC)/objs CARGO_TARGET_DIR=target/distro TEST_NGINX_BINARY=/usr/sbin/nginx \
+		$(CARGO) test --$(PROFILE) --locked --features test-hooks
+
+# Debian's nginx source, configured with Debian's own flags (conf_flags from nginx-dev).
+distro-src: deps
 	@for p in nginx nginx-dev; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; fi
 	rm -rf $(DEB_SRC) && mkdir -p $(BUILD) && cp -a /usr/share/nginx/src $(DEB_SRC)
 	cd $(DEB_SRC) && bash -c 'source ./conf_flags && ./configure "$${NGX_CONF_FLAGS[@]}"' > configure.log
-	NGINX_BUILD_DIR=$(CURDIR)/$(DEB_SRC)/objs CARGO_TARGET_DIR=target/distro TEST_NGINX_BINARY=/usr/sbin/nginx \
-		$(CARGO) test --$(PROFILE) --locked --features test-hooks
+
+# The Debian package for Debian 12's nginx: build/libnginx-mod-http-async-mirror_<version>_amd64.deb.
+deb: distro-src
+	NGINX_BUILD_DIR=$(CURDIR)/$(DEB_SRC)/objs CARGO_TARGET_DIR=target/distro $(CARGO) build --$(PROFILE) --locked
+	bash packaging/debian/build-deb.sh target/distro/$(PROFILE)/libngx_http_async_mirror_module.so $(BUILD)
+
+# Installs the package on Debian's nginx, mirrors through it, purges it (and lintian).
+test-deb: deb
+	$(CARGO) build --$(PROFILE) --locked --example peers
+	bash packaging/debian/test-deb.sh $(BUILD)/libnginx-mod-http-async-mirror_*_amd64.deb
 
 # nginx's own build system: the vendored nginx source configured with --add-dynamic-module
 # pointing here, `make modules`, and the core integration tests run with that module.
