@@ -35,7 +35,7 @@ endif
 # Debian's packaged nginx, configured with Debian's own flags, for `make test-distro`.
 DEB_SRC    := $(BUILD)/debian-nginx
 
-.PHONY: all deps module demo test test-distro distro-src deb test-deb test-docker test-addon test-valgrind unittest check fmt clean help bench bench-soak bench-deps
+.PHONY: all deps module demo test test-distro distro-src deb test-deb test-monitoring test-docker test-addon test-valgrind unittest check fmt clean help bench bench-soak bench-deps
 
 all: module
 
@@ -127,6 +127,18 @@ test-addon: module
 	$(MAKE) -C $(ADDON_SRC) -f objs/Makefile modules > $(ADDON_SRC)/make.log
 	TEST_NGINX_MODULE=$(CURDIR)/$(ADDON_SRC)/objs/ngx_http_async_mirror_module.so \
 		$(CARGO) test --$(PROFILE) --locked --test integration -- mirror:: conf_errors:: body::
+
+# Debian's prometheus and chromium against a running nginx (t/monitoring): the real
+# Prometheus scraping the page, the alert rules' unit tests, the dashboard's queries, and
+# the HTML page rendered by headless Chromium (screenshot in target/tmp/monitoring/).
+MONITORING_PKGS := prometheus chromium
+test-monitoring: deps
+	@missing=$$(for p in $(MONITORING_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; fi
+	promtool check rules nginx-conf/prometheus/alerts.yml
+	cd nginx-conf/prometheus && promtool test rules alerts_test.yml
+	$(CARGO) test --$(PROFILE) --locked --features test-hooks --test monitoring -- --skip common::
 
 test-docker: deps
 	bash docker/test-docker.sh

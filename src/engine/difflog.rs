@@ -38,8 +38,24 @@ struct State {
     pending: Vec<(usize, String)>,
 }
 
+/// Mismatches kept for the HTML status page (this worker's latest).
+pub const RECENT_MAX: usize = 10;
+
+/// One recent mismatch, as the status page shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mismatch {
+    pub time: String,
+    pub target: String,
+    pub endpoint: String,
+    pub method: String,
+    pub uri: String,
+    /// Field, primary's value, mirror's value.
+    pub fields: Vec<(String, String, String)>,
+}
+
 pub struct DiffLog {
     state: Mutex<State>,
+    recent: Mutex<std::collections::VecDeque<Mismatch>>,
     pub counts: LineCounts,
 }
 
@@ -51,8 +67,24 @@ impl DiffLog {
                 buckets: rates.iter().map(|&r| TokenBucket::new(r)).collect(),
                 pending: Vec::new(),
             }),
+            recent: Mutex::new(std::collections::VecDeque::new()),
             counts: LineCounts::default(),
         }
+    }
+
+    /// Keeps `m` among the latest mismatches (from runtime threads).
+    pub fn remember(&self, m: Mismatch) {
+        if let Ok(mut r) = self.recent.lock() {
+            if r.len() == RECENT_MAX {
+                r.pop_front();
+            }
+            r.push_back(m);
+        }
+    }
+
+    /// The latest mismatches, newest first (nginx thread; a busy lock shows none).
+    pub fn recent(&self) -> Vec<Mismatch> {
+        self.recent.try_lock().map(|r| r.iter().rev().cloned().collect()).unwrap_or_default()
     }
 
     /// Called from runtime threads; `line` is built only when it will be written.

@@ -19,6 +19,7 @@ pub mod ids;
 pub mod job;
 pub mod logq;
 pub mod outcome;
+pub mod page;
 pub mod parse;
 pub mod pool;
 pub mod queue;

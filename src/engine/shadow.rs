@@ -13,7 +13,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use super::compare::{Answer, CompareSettings, Compared, compare};
-use super::difflog::{DiffLog, iso8601};
+use super::difflog::{DiffLog, Mismatch, iso8601};
 use super::queue::Charge;
 use super::response::MirrorResponse;
 use super::verdict::{Tally, Uncompared, Verdict, VerdictStats};
@@ -262,9 +262,21 @@ impl CompareJob {
         ours: &Compared,
         base: Option<&Compared>,
     ) {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        report.log.remember(Mismatch {
+            time: iso8601(now),
+            target: report.target.to_string(),
+            endpoint: self.endpoint.clone(),
+            method: report.method.to_string(),
+            uri: report.uri.chars().take(super::compare::VALUE_MAX).collect(),
+            fields: ours
+                .diffs
+                .iter()
+                .map(|d| (d.field.clone(), d.primary.clone(), d.other.clone()))
+                .collect(),
+        });
         let Some(log) = self.settings.log else { return };
         report.log.push(log, || {
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
             let fields: Vec<_> = ours
                 .diffs
                 .iter()

@@ -8,6 +8,9 @@ use ngx::ffi::{
 
 use super::log;
 use super::process::with_worker;
+use super::request::{HeaderIter, str_bytes};
+use crate::engine::difflog::Mismatch;
+use crate::engine::page;
 use crate::engine::status::{self, Snapshot, TargetSnapshot};
 use crate::engine::verdict::{EndpointCounts, merge_into};
 use crate::engine::{Engine, TargetId};
@@ -36,15 +39,20 @@ unsafe fn serve(r: &mut ngx_http_request_t) -> ngx_int_t {
     }
     let mut format = ngx_str_t { len: 0, data: std::ptr::null_mut() };
     // SAFETY: the name is a static byte string; the value points into the request line.
-    let json = unsafe { ngx_http_arg(r, c"format".as_ptr().cast_mut().cast(), 6, &mut format) }
-        == NGX_OK as ngx_int_t
-        && format.len == 4
-        && unsafe { std::slice::from_raw_parts(format.data, 4) } == b"json";
+    let asked = unsafe { ngx_http_arg(r, c"format".as_ptr().cast_mut().cast(), 6, &mut format) }
+        == NGX_OK as ngx_int_t;
+    let format = if asked { str_bytes(&format) } else { b"" };
+    // Without ?format=, a browser (which asks for text/html) gets the page; Prometheus
+    // and curl (which do not) get the exposition.
+    let browser = !asked
+        && HeaderIter::new(&r.headers_in.headers)
+            .any(|(n, v)| n.eq_ignore_ascii_case(b"accept") && contains(v, b"text/html"));
     let snap = snapshot();
-    let (body, ctype): (String, &'static str) = if json {
-        (status::json(&snap), "application/json")
-    } else {
-        (status::prometheus(&snap), status::PROMETHEUS_CONTENT_TYPE)
+    let (body, ctype): (String, &'static str) = match format {
+        b"json" => (status::json(&snap), "application/json"),
+        b"html" => (page::html(&snap, &recent()), page::CONTENT_TYPE),
+        _ if browser => (page::html(&snap, &recent()), page::CONTENT_TYPE),
+        _ => (status::prometheus(&snap), status::PROMETHEUS_CONTENT_TYPE),
     };
 
     // SAFETY: per this function's contract.
@@ -79,6 +87,15 @@ pub unsafe fn send(r: &mut ngx_http_request_t, status: u16, ctype: &'static str,
         let mut out = ngx_chain_t { buf: b, next: std::ptr::null_mut() };
         ngx_http_output_filter(r, &mut out)
     }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// This worker's latest mismatches, for the HTML page.
+fn recent() -> Vec<Mismatch> {
+    with_worker(|w| w.engine.difflog().recent())
 }
 
 /// What the page shows: the zone's sums if there is one (after adding this worker's
