@@ -10,20 +10,13 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
-use tokio::sync::watch;
 
 use super::compare::{Answer, CompareSettings, Compared, compare};
 use super::difflog::{DiffLog, Mismatch, iso8601};
+use super::latch::{Latch, Setter, latch};
 use super::queue::Charge;
 use super::response::MirrorResponse;
 use super::verdict::{Tally, Uncompared, Verdict, VerdictStats};
-
-/// The primary's answer as the nginx thread last published it.
-#[derive(Debug, Clone)]
-pub enum PrimaryState {
-    Pending,
-    Done(Arc<Primary>),
-}
 
 /// The primary's answer and the bytes it holds in the worker's budget.
 #[derive(Debug)]
@@ -32,21 +25,16 @@ pub struct Primary {
     pub charge: Option<Charge>,
 }
 
-#[derive(Debug, Clone)]
-pub enum BaselineState {
-    Pending,
-    Answered(Arc<Answer>),
-    /// The baseline did not answer.
-    Missing,
-}
+/// What a baseline copy publishes: its answer, or `None` when it did not answer.
+pub type BaselineState = Option<Arc<Answer>>;
 
 /// The nginx thread's end: dropped without [`PrimaryTx::send`] (the response was
 /// aborted or never completed) tells the copies the primary is incomplete.
-pub struct PrimaryTx(watch::Sender<PrimaryState>);
+pub struct PrimaryTx(Setter<Arc<Primary>>);
 
 impl PrimaryTx {
-    pub fn send(&self, primary: Primary) {
-        let _ = self.0.send(PrimaryState::Done(Arc::new(primary)));
+    pub fn send(self, primary: Primary) {
+        self.0.set(Arc::new(primary));
     }
 }
 
@@ -146,27 +134,27 @@ impl PrimaryCapture {
     }
 }
 
-pub fn primary_channel() -> (PrimaryTx, watch::Receiver<PrimaryState>) {
-    let (tx, rx) = watch::channel(PrimaryState::Pending);
+pub fn primary_channel() -> (PrimaryTx, Latch<Arc<Primary>>) {
+    let (tx, rx) = latch();
     (PrimaryTx(tx), rx)
 }
 
-pub fn baseline_channel() -> (watch::Sender<BaselineState>, watch::Receiver<BaselineState>) {
-    watch::channel(BaselineState::Pending)
+pub fn baseline_channel() -> (Setter<BaselineState>, Latch<BaselineState>) {
+    latch()
 }
 
 pub enum Role {
     /// Compared with the primary; a difference the baseline shares is noise.
-    Candidate(Option<watch::Receiver<BaselineState>>),
+    Candidate(Option<Latch<BaselineState>>),
     /// Runs production's version: publishes its answer for the candidates.
-    Baseline(watch::Sender<BaselineState>),
+    Baseline(Setter<BaselineState>),
 }
 
 /// What a copy needs to be compared.
 pub struct CompareJob {
     pub settings: Arc<CompareSettings>,
     pub endpoint: String,
-    pub primary: watch::Receiver<PrimaryState>,
+    pub primary: Latch<Arc<Primary>>,
     pub role: Role,
 }
 
@@ -185,27 +173,16 @@ enum Wait<T> {
     Timeout,
 }
 
-async fn primary(rx: &mut watch::Receiver<PrimaryState>, deadline: Instant) -> Wait<Arc<Primary>> {
-    let wait = rx.wait_for(|s| matches!(s, PrimaryState::Done(_)));
-    match tokio::time::timeout_at(deadline.into(), wait).await {
-        Ok(Ok(s)) => match &*s {
-            PrimaryState::Done(p) => Wait::Got(p.clone()),
-            PrimaryState::Pending => Wait::Incomplete,
-        },
-        Ok(Err(_)) => Wait::Incomplete,
+async fn primary(rx: &Latch<Arc<Primary>>, deadline: Instant) -> Wait<Arc<Primary>> {
+    match tokio::time::timeout_at(deadline.into(), rx.get()).await {
+        Ok(Some(p)) => Wait::Got(p),
+        Ok(None) => Wait::Incomplete,
         Err(_) => Wait::Timeout,
     }
 }
 
-async fn baseline(rx: &mut watch::Receiver<BaselineState>, deadline: Instant) -> Option<Arc<Answer>> {
-    let wait = rx.wait_for(|s| !matches!(s, BaselineState::Pending));
-    match tokio::time::timeout_at(deadline.into(), wait).await {
-        Ok(Ok(s)) => match &*s {
-            BaselineState::Answered(a) => Some(a.clone()),
-            _ => None,
-        },
-        _ => None,
-    }
+async fn baseline(rx: &Latch<BaselineState>, deadline: Instant) -> Option<Arc<Answer>> {
+    tokio::time::timeout_at(deadline.into(), rx.get()).await.ok().flatten().flatten()
 }
 
 impl CompareJob {
@@ -217,32 +194,37 @@ impl CompareJob {
         report: Report<'_>,
     ) -> Verdict {
         let mine = resp.map(|r| Arc::new(Answer::from_mirror(&r, &self.settings)));
-        if let Role::Baseline(tx) = &self.role {
-            let _ = tx.send(mine.clone().map_or(BaselineState::Missing, BaselineState::Answered));
-        }
+        let role = std::mem::replace(&mut self.role, Role::Candidate(None));
+        let role = match role {
+            Role::Baseline(tx) => {
+                tx.set(mine.clone());
+                None
+            }
+            Role::Candidate(rx) => Some(rx),
+        };
         let count = |verdict| {
             report.stats.add(&Tally { endpoint: &self.endpoint, verdict, candidate: None, baseline: None });
             verdict
         };
         let Some(mine) = mine else { return count(Verdict::Uncompared(Uncompared::NotDelivered)) };
-        let primary = match primary(&mut self.primary, deadline).await {
+        let primary = match primary(&self.primary, deadline).await {
             Wait::Got(p) => p,
             Wait::Incomplete => return count(Verdict::Uncompared(Uncompared::PrimaryIncomplete)),
             Wait::Timeout => return count(Verdict::Uncompared(Uncompared::Timeout)),
         };
         let ours = compare(&primary.answer, &mine, &self.settings);
-        let base = match &mut self.role {
+        let base = match &role {
             // A baseline's differences are the noise floor: counted on its own row.
-            Role::Baseline(_) => {
+            None => {
                 let verdict = Verdict::of(&ours, None);
                 let endpoint = &self.endpoint;
                 report.stats.add(&Tally { endpoint, verdict, candidate: None, baseline: Some(&ours) });
                 return verdict;
             }
-            Role::Candidate(Some(rx)) => {
+            Some(Some(rx)) => {
                 baseline(rx, deadline).await.map(|b| compare(&primary.answer, &b, &self.settings))
             }
-            Role::Candidate(None) => None,
+            Some(None) => None,
         };
         let verdict = Verdict::of(&ours, base.as_ref());
         let endpoint = &self.endpoint;

@@ -12,16 +12,16 @@ use super::request::{HeaderIter, eval, str_bytes};
 use crate::engine::compare::CompareSettings;
 use crate::engine::copylog::Record;
 use crate::engine::job::CaptureError;
+use crate::engine::latch::{Latch, Setter};
 use crate::engine::parse::{Dest, parse_dest};
 use crate::engine::queue::Charge;
 use crate::engine::sample::{PPM, key_bucket};
 use crate::engine::shadow::{
-    BaselineState, CompareJob, PrimaryCapture, PrimaryState, Role, baseline_channel, primary_channel,
+    BaselineState, CompareJob, Primary, PrimaryCapture, Role, baseline_channel, primary_channel,
 };
 use crate::engine::verdict::bounded_name;
 use crate::engine::{DropReason, Engine, HeaderEdits, Outcome, RequestHead};
 use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
-use tokio::sync::watch;
 
 /// Always declines: the request goes on exactly as without the module, whatever happens here.
 pub unsafe extern "C" fn precontent_handler<M: Registered>(r: *mut ngx_http_request_t) -> ngx_int_t {
@@ -203,9 +203,9 @@ fn is_true(v: Option<&[u8]>) -> bool {
 struct Shadow {
     settings: Arc<CompareSettings>,
     endpoint: String,
-    primary: Option<watch::Receiver<PrimaryState>>,
-    baseline_tx: Option<watch::Sender<BaselineState>>,
-    baseline_rx: Option<watch::Receiver<BaselineState>>,
+    primary: Option<Latch<Arc<Primary>>>,
+    baseline_tx: Option<Setter<BaselineState>>,
+    baseline_rx: Option<Latch<BaselineState>>,
 }
 
 impl Shadow {
