@@ -117,14 +117,6 @@ fn settled(port: u16, target: &str, n: u64) -> Verdicts {
     last
 }
 
-fn log_lines(path: &std::path::Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
-        .collect()
-}
-
 #[test]
 fn identical_answers_match_for_every_method_and_framing() {
     let (primary, candidate) = (backend(same), backend(same));
@@ -153,7 +145,7 @@ fn identical_answers_match_for_every_method_and_framing() {
     assert_eq!(v.get("/", "match"), 40, "{v:?}");
     assert!(v.fields.values().all(|c| *c == [0, 0]), "{v:?}");
     thread_sleep_for_fold();
-    assert!(log_lines(&ng.prefix.join("logs/compare.log")).is_empty());
+    assert!(json_lines(&ng.prefix.join("logs/compare.log")).is_empty());
     ng.quit();
 }
 
@@ -221,9 +213,9 @@ fn each_kind_of_difference_is_named_once_with_both_values() {
     }
     assert_eq!(v.get("/same", "match"), 1, "{v:?}");
     let path = ng.prefix.join("logs/compare.log");
-    assert!(wait_until(Duration::from_secs(5), || log_lines(&path).len() >= 4));
+    assert!(wait_until(Duration::from_secs(5), || json_lines(&path).len() >= 4));
     thread_sleep_for_fold();
-    let lines = log_lines(&path);
+    let lines = json_lines(&path);
     assert_eq!(lines.len(), 4, "one line per non-matching copy: {lines:?}");
     let by_uri = |u: &str| lines.iter().find(|l| l["uri"] == u).unwrap_or_else(|| panic!("no line for {u}"));
     let s = by_uri("/s");
@@ -253,8 +245,8 @@ fn each_kind_of_difference_is_named_once_with_both_values() {
     ng.signal(libc::SIGUSR1);
     assert!(wait_until(Duration::from_secs(5), || path.exists()), "reopen created the file");
     assert_eq!(get_once(ng.port, "/s").unwrap().status, 200);
-    assert!(wait_until(Duration::from_secs(5), || log_lines(&path).len() == 1));
-    assert_eq!(log_lines(&moved).len(), 4);
+    assert!(wait_until(Duration::from_secs(5), || json_lines(&path).len() == 1));
+    assert_eq!(json_lines(&moved).len(), 4);
     ng.quit();
 }
 

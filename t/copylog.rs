@@ -7,14 +7,6 @@ use serde_json::Value;
 
 use crate::common::*;
 
-fn lines(path: &std::path::Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
-        .collect()
-}
-
 /// (target, "outcome[:reason]") -> count, from the lines.
 fn tally(lines: &[Value]) -> BTreeMap<(String, String), u64> {
     let mut m = BTreeMap::new();
@@ -69,11 +61,11 @@ fn lines_match_the_counters_one_to_one() {
     // The black hole's queued copies end after their 1 s connect timeouts, two at a time.
     let want = 20 + 5 + 5 + 20;
     assert!(
-        wait_until(Duration::from_secs(10), || lines(&path).len() == want),
+        wait_until(Duration::from_secs(10), || json_lines(&path).len() == want),
         "{} lines",
-        lines(&path).len()
+        json_lines(&path).len()
     );
-    let got = lines(&path);
+    let got = json_lines(&path);
     let t = tally(&got);
     let m = scrape(ng.port);
     for url in [sink.url(), refused.clone(), slow.url(), hole.url()] {
@@ -111,8 +103,8 @@ fn lines_match_the_counters_one_to_one() {
     assert!(wait_until(Duration::from_secs(5), || path.exists()));
     let mut c = Client::connect(ng.port);
     assert_eq!(c.get("/ok?after=reopen").status, 200);
-    assert!(wait_until(Duration::from_secs(5), || lines(&path).len() == 1));
-    assert_eq!(lines(&moved).len(), want);
+    assert!(wait_until(Duration::from_secs(5), || json_lines(&path).len() == 1));
+    assert_eq!(json_lines(&moved).len(), want);
     assert!(fetch(ng.port, "/status").contains("nginx_async_mirror_log_lines_total{result=\"written\"} 51"));
     ng.quit();
 }
@@ -132,7 +124,7 @@ fn if_filters_which_copies_are_logged() {
     }
     assert!(sink.wait_for(10, Duration::from_secs(5)));
     let path = ng.prefix.join("logs/copies.log");
-    assert!(wait_until(Duration::from_secs(5), || lines(&path).len() == 5));
-    assert!(lines(&path).iter().all(|l| l["uri"].as_str().unwrap().ends_with("log=1")));
+    assert!(wait_until(Duration::from_secs(5), || json_lines(&path).len() == 5));
+    assert!(json_lines(&path).iter().all(|l| l["uri"].as_str().unwrap().ends_with("log=1")));
     ng.quit();
 }

@@ -413,19 +413,27 @@ fn open_log(cf: &mut ngx_conf_t, path: &str) -> Result<std::ptr::NonNull<ngx_ope
         .ok_or_else(|| ConfError::Msg(format!("cannot open log \"{path}\"")))
 }
 
-directive!(cmd_log, LocConf, |cf, lc, args| {
-    if lc.copy_log.is_some() {
+/// `FILE [params]` or `off` of a log directive set at most once per level: `None` for `off`.
+fn log_line<'a, T>(slot: &Option<T>, args: &'a [&'a str]) -> Result<Option<&'a [&'a str]>, ConfError> {
+    if slot.is_some() {
         return Err(ConfError::Duplicate);
     }
-    if args[0] == "off" {
-        if let Some(extra) = args.get(1) {
-            return Err(format!("unexpected parameter \"{extra}\" after \"off\"").into());
-        }
+    if args[0] != "off" {
+        return Ok(Some(&args[1..]));
+    }
+    match args.get(1) {
+        Some(extra) => Err(format!("unexpected parameter \"{extra}\" after \"off\"").into()),
+        None => Ok(None),
+    }
+}
+
+directive!(cmd_log, LocConf, |cf, lc, args| {
+    let Some(params) = log_line(&lc.copy_log, args)? else {
         lc.copy_log = Some(None);
         return Ok(());
-    }
+    };
     let mut cond = None;
-    for param in &args[1..] {
+    for param in params {
         match param.split_once('=') {
             Some(("if", v)) if cond.is_none() && !v.is_empty() => {
                 cond = std::ptr::NonNull::new(complex_value(cf, v)?)
@@ -449,18 +457,12 @@ directive!(cmd_log, LocConf, |cf, lc, args| {
 });
 
 directive!(cmd_compare_log, LocConf, |cf, lc, args| {
-    if lc.compare_log.is_some() {
-        return Err(ConfError::Duplicate);
-    }
-    if args[0] == "off" {
-        if let Some(extra) = args.get(1) {
-            return Err(format!("unexpected parameter \"{extra}\" after \"off\"").into());
-        }
+    let Some(params) = log_line(&lc.compare_log, args)? else {
         lc.compare_log = Some(None);
         return Ok(());
-    }
+    };
     let mut rate = None;
-    for param in &args[1..] {
+    for param in params {
         match param.split_once('=') {
             Some(("rate", v)) if rate.is_none() => rate = Some(sample::parse_rate(v)?),
             _ => return Err(format!("invalid parameter \"{param}\"").into()),

@@ -911,3 +911,12 @@ pub fn front(server: &str, extra_http: &str) -> String {
 /// proxy_pass settings used by every test front location.
 pub const PROXY: &str =
     "proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\";";
+
+/// A file of one JSON object per line (a log the module wrote); empty if absent.
+pub fn json_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect()
+}
