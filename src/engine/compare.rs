@@ -6,8 +6,8 @@
 //! `json:<path>` for each value that differs, array indices folded
 //! (`$.items[*].price`) so a field names a place in the schema, not a row.
 
+use super::json::{self, Json};
 use bytes::Bytes;
-use serde_json::Value;
 
 /// Longest value written to the mismatch log per side.
 pub const VALUE_MAX: usize = 200;
@@ -182,7 +182,7 @@ pub fn compare(primary: &Answer, other: &Answer, settings: &CompareSettings) -> 
     // Structural comparison only for plain JSON on both sides; compressed bodies are
     // compared as bytes (the same encoder on the same input gives the same bytes).
     if identity(ea) && is_json(primary.content_type.as_deref()) && is_json(other.content_type.as_deref()) {
-        if let (Ok(ja), Ok(jb)) = (serde_json::from_slice::<Value>(a), serde_json::from_slice::<Value>(b)) {
+        if let (Some(ja), Some(jb)) = (json::parse(a), json::parse(b)) {
             json_diff(&ja, &jb, &mut String::from("$"), settings, &mut out.diffs);
             return out;
         }
@@ -203,50 +203,81 @@ fn push_key(path: &mut String, key: &str) {
         path.push('.');
         path.push_str(key);
     } else {
-        path.push_str(&format!("[{}]", Value::String(key.into())));
+        path.push('[');
+        path.push_str(&serde_json::to_string(key).unwrap_or_default());
+        path.push(']');
     }
 }
 
-fn record(path: &str, a: Option<&Value>, b: Option<&Value>, diffs: &mut Vec<Diff>) {
-    let field = format!("json:{path}");
-    // Folded paths: several rows differing in one place are one field.
-    if diffs.iter().any(|d| d.field == field) || diffs.len() >= JSON_DIFFS_MAX {
+fn record(path: &str, a: Option<&Json<'_>>, b: Option<&Json<'_>>, diffs: &mut Vec<Diff>) {
+    let show =
+        |v: Option<&Json<'_>>| v.map_or_else(|| "(missing)".to_string(), |v| truncate(&v.text(VALUE_MAX)));
+    record_shown(path, || (show(a), show(b)), diffs);
+}
+
+fn record_shown(path: &str, values: impl FnOnce() -> (String, String), diffs: &mut Vec<Diff>) {
+    if diffs.len() >= JSON_DIFFS_MAX {
         return;
     }
-    let show = |v: Option<&Value>| v.map_or_else(|| "(missing)".to_string(), |v| truncate(&v.to_string()));
-    diffs.push(Diff { field, primary: show(a), other: show(b) });
+    let field = format!("json:{path}");
+    // Folded paths: several rows differing in one place are one field.
+    if diffs.iter().any(|d| d.field == field) {
+        return;
+    }
+    let (primary, other) = values();
+    diffs.push(Diff { field, primary, other });
 }
 
-fn json_diff(a: &Value, b: &Value, path: &mut String, settings: &CompareSettings, diffs: &mut Vec<Diff>) {
+fn json_diff(
+    a: &Json<'_>,
+    b: &Json<'_>,
+    path: &mut String,
+    settings: &CompareSettings,
+    diffs: &mut Vec<Diff>,
+) {
     if ignored(path, settings) {
         return;
     }
     match (a, b) {
-        (Value::Object(ma), Value::Object(mb)) => {
-            let mut keys: Vec<&String> =
-                ma.keys().chain(mb.keys().filter(|k| !ma.contains_key(*k))).collect();
-            keys.sort();
-            for k in keys {
+        (Json::Obj(ma), Json::Obj(mb)) => {
+            // Both sorted by key: one pass over the two.
+            let (mut i, mut j) = (0, 0);
+            while i < ma.len() || j < mb.len() {
+                let order = match (ma.get(i), mb.get(j)) {
+                    (Some((ka, _)), Some((kb, _))) => ka.cmp(kb),
+                    (Some(_), None) => std::cmp::Ordering::Less,
+                    _ => std::cmp::Ordering::Greater,
+                };
                 let len = path.len();
-                push_key(path, k);
-                match (ma.get(k), mb.get(k)) {
-                    (Some(va), Some(vb)) => json_diff(va, vb, path, settings, diffs),
-                    (va, vb) => {
+                match order {
+                    std::cmp::Ordering::Equal => {
+                        push_key(path, &ma[i].0);
+                        json_diff(&ma[i].1, &mb[j].1, path, settings, diffs);
+                        i += 1;
+                        j += 1;
+                    }
+                    std::cmp::Ordering::Less => {
+                        push_key(path, &ma[i].0);
                         if !ignored(path, settings) {
-                            record(path, va, vb, diffs);
+                            record(path, Some(&ma[i].1), None, diffs);
                         }
+                        i += 1;
+                    }
+                    std::cmp::Ordering::Greater => {
+                        push_key(path, &mb[j].0);
+                        if !ignored(path, settings) {
+                            record(path, None, Some(&mb[j].1), diffs);
+                        }
+                        j += 1;
                     }
                 }
                 path.truncate(len);
             }
         }
-        (Value::Array(xa), Value::Array(xb)) => {
+        (Json::Arr(xa), Json::Arr(xb)) => {
             if xa.len() != xb.len() {
-                let (la, lb) = (
-                    Value::from(format!("length {}", xa.len())),
-                    Value::from(format!("length {}", xb.len())),
-                );
-                record(path, Some(&la), Some(&lb), diffs);
+                let show = |n: usize| format!("\"length {n}\"");
+                record_shown(path, || (show(xa.len()), show(xb.len())), diffs);
             }
             let len = path.len();
             path.push_str("[*]");
@@ -394,9 +425,9 @@ mod tests {
     fn many_differences_are_bounded_and_values_truncated() {
         let s = settings();
         let wide = |v: u32| {
-            let m: serde_json::Map<String, Value> =
-                (0..100).map(|i| (format!("k{i}"), Value::from(v))).collect();
-            Value::Object(m).to_string()
+            let m: serde_json::Map<String, serde_json::Value> =
+                (0..100).map(|i| (format!("k{i}"), serde_json::Value::from(v))).collect();
+            serde_json::Value::Object(m).to_string()
         };
         let c = compare(&answer(200, "1", &wide(1)), &answer(200, "1", &wide(2)), &s);
         assert_eq!(c.diffs.len(), JSON_DIFFS_MAX);

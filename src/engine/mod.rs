@@ -17,6 +17,7 @@ pub mod http1;
 pub mod http2;
 pub mod ids;
 pub mod job;
+pub mod json;
 pub mod latch;
 pub mod logq;
 pub mod outcome;
