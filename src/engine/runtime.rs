@@ -298,9 +298,11 @@ async fn dispatch(
             let timeout = copy.opts.timeout;
             let log = copy.log;
             let body_bytes = body_state.as_ref().map_or(0, |s| s.sent());
-            let head = copy.head.clone();
+            // Only a compared or logged copy needs its request after it ended.
+            let head = (compare.is_some() || log.is_some()).then(|| copy.head.clone());
             copy.finish(outcome);
             drop(permit);
+            let Some(head) = head else { return };
             let uri = String::from_utf8_lossy(&head.request_uri);
             let mut record = Record::new(&t.spec.url, head.method.as_str(), &uri, outcome);
             record.status = resp.as_ref().map(|r| r.status);

@@ -107,7 +107,8 @@ fn dispatch(
     if held {
         ctx.held_statuses = lc.primary_status.clone().unwrap_or_default();
     }
-    let mut shadow = lc.compare_settings.as_ref().map(|s| Shadow::new(r, lc, s));
+    // Made with the request's first copy: sampled-out requests cost nothing here.
+    let mut shadow: Option<Shadow> = None;
     let mut head: Option<Result<Arc<RequestHead>, CaptureError>> = None;
     let now = std::time::Instant::now();
     // `async_mirror_log`, its `if=` evaluated once for the request's copies.
@@ -176,7 +177,8 @@ fn dispatch(
             }
         };
         copy.log = log.map(|l| l.index);
-        if let Some(shadow) = shadow.as_mut() {
+        if let Some(settings) = lc.compare_settings.as_ref() {
+            let shadow = shadow.get_or_insert_with(|| Shadow::new(r, lc, settings));
             copy.compare = Some(shadow.job(engine, ctx, m.baseline));
         }
         if held {
