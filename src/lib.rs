@@ -4,7 +4,8 @@
 //! `engine` is plain Rust; `ngx` is the only place that touches nginx.
 #![deny(unsafe_op_in_unsafe_fn)]
 
-pub mod engine;
+// Private: the module's only interface is nginx's, so the compiler reports what nothing uses.
+mod engine;
 
 // The nginx glue references symbols that only the nginx binary provides, so
 // unit-test builds of this crate leave it out.

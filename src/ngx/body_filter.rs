@@ -6,12 +6,10 @@
 //! so nginx reads exactly as it would without the module. Bodies nginx
 //! discards never pass here; their copies are aborted when the request ends.
 
-use bytes::Bytes;
 use ngx::ffi::{NGX_ERROR, ngx_chain_t, ngx_http_request_body_filter_pt, ngx_http_request_t, ngx_int_t};
 
 use super::ctx::RequestCtx;
 use super::log;
-use crate::engine::body::BodyAbort;
 
 /// The filter that was at the top before ours; set once in postconfiguration.
 pub static mut NEXT: ngx_http_request_body_filter_pt = None;
@@ -37,7 +35,8 @@ pub unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, chain: *mut ngx
 unsafe fn tee(main: &ngx_http_request_t, mut chain: *mut ngx_chain_t) {
     // SAFETY: per the contract.
     let Some(ctx) = (unsafe { RequestCtx::find_mut(main) }) else { return };
-    if ctx.bodies.is_empty() {
+    let copies = &mut ctx.copies;
+    if !copies.wants_body() {
         return;
     }
     // SAFETY: chain links and buffers are valid for this call.
@@ -47,22 +46,13 @@ unsafe fn tee(main: &ngx_http_request_t, mut chain: *mut ngx_chain_t) {
         if in_memory && b.last > b.pos {
             let len = b.last as usize - b.pos as usize;
             // SAFETY: pos..last is the buffer's unread data.
-            let chunk = Bytes::copy_from_slice(unsafe { std::slice::from_raw_parts(b.pos, len) });
-            for tx in &mut ctx.bodies {
-                if tx.is_open() {
-                    let _ = tx.send(&chunk);
-                }
-            }
+            copies.body_chunk(unsafe { std::slice::from_raw_parts(b.pos, len) });
         } else if !in_memory && b.in_file() != 0 && b.file_last > b.file_pos {
             // Data we cannot see: the copy would be incomplete.
-            for tx in &mut ctx.bodies {
-                tx.abort(BodyAbort::Incomplete);
-            }
+            copies.body_unseen();
         }
         if b.last_buf() != 0 {
-            for tx in ctx.bodies.drain(..) {
-                tx.finish();
-            }
+            copies.body_complete();
             return;
         }
         chain = cl.next;

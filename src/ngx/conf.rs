@@ -1,6 +1,7 @@
 //! Configuration as nginx stores it: one main conf per `http{}`, one location
-//! conf per level. Fields are `Option` while unset; defaults live in [`defaults`]
-//! and are applied only by merge/init, exactly like core nginx directives.
+//! conf per level. Fields are `Option` while unset; defaults live in
+//! `engine::config::defaults` and are applied only by merge/init, exactly like core
+//! nginx directives.
 
 use std::path::PathBuf;
 use std::ptr::NonNull;
@@ -10,47 +11,20 @@ use std::time::Duration;
 use ngx::ffi::{ngx_http_complex_value_t, ngx_open_file_t, ngx_shm_zone_t};
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, Merge, MergeConfigError};
 
-use crate::engine::compare::CompareSettings;
-use crate::engine::ids::Table;
-use crate::engine::tls::{self, TlsSettings};
-use crate::engine::url::PathKind;
-use crate::engine::{
-    BreakerSettings, ClientSettings, CopyOptions, EngineSettings, RateId, SpecId, TargetId, TargetSpec,
+use crate::engine::EngineSettings;
+use crate::engine::client::{
+    ALPN_H2, ALPN_HTTP1, BreakerSettings, ClientSettings, CopyOptions, TlsSettings, client_config,
 };
+use crate::engine::compare::CompareSettings;
+use crate::engine::config::{PathKind, TargetSpec, defaults};
+use crate::engine::copy::{Location, Route};
+use crate::engine::ids::{RateId, SpecId, Table, TargetId};
 
 /// The module as the glue needs to know it: whose configuration structs are these.
 /// Handlers and setters are generic over it, so only the registration names the module.
 pub trait Registered:
     HttpModuleMainConf<MainConf = MainConf> + HttpModuleLocationConf<LocationConf = LocConf> + 'static
 {
-}
-
-pub mod defaults {
-    use std::time::Duration;
-
-    pub const MARK_HEADER: &str = "X-Async-Mirror";
-    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-    pub const TIMEOUT: Duration = Duration::from_secs(5);
-    /// Per target and worker. Little's law: a mirror answering in 20 ms that takes
-    /// 5,000 copies/s from a worker needs 100 in flight over HTTP/1.1.
-    pub const MAX_CONNECTIONS: usize = 128;
-    pub const HTTP2: bool = false;
-    pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
-    pub const QUEUE_SIZE: usize = 4096;
-    pub const QUEUE_BYTES: usize = 32 << 20;
-    pub const THREADS: usize = 1;
-    pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
-    pub const MAX_FAILS: u32 = 3;
-    pub const BODY: bool = true;
-    pub const BODY_MAX_SIZE: u64 = 1 << 20;
-    pub const FAIL_TIMEOUT: Duration = Duration::from_secs(10);
-    /// `resolve` without a time: how often a target's name is looked up again.
-    pub const RESOLVE: Duration = Duration::from_secs(30);
-    pub const COMPARE: bool = false;
-    pub const COMPARE_HEADERS: &[&str] = &["content-type"];
-    pub const COMPARE_MAX_BODY: u64 = 64 << 10;
-    /// Mismatch log lines per second per worker.
-    pub const COMPARE_LOG_RATE: u32 = 10;
 }
 
 /// Set once any location compares responses or holds copies for the primary's status:
@@ -130,7 +104,7 @@ impl MainConf {
             let config = match self.tls_configs.iter().find(|(k, _)| *k == which) {
                 Some((_, c)) => c.clone(),
                 None => {
-                    let c = tls::client_config(tls, if http2 { tls::ALPN_H2 } else { tls::ALPN_HTTP1 })?;
+                    let c = client_config(tls, if http2 { ALPN_H2 } else { ALPN_HTTP1 })?;
                     self.tls_configs.push((which, c.clone()));
                     c
                 }
@@ -234,6 +208,20 @@ pub struct CopyLogRef {
     pub cond: Option<NonNull<ngx_http_complex_value_t>>,
 }
 
+impl MirrorRef {
+    /// `None` until the location's configuration is merged.
+    pub fn route(&self) -> Option<Route> {
+        Some(Route {
+            target: self.target?,
+            sample_ppm: self.sample_ppm,
+            keyed: self.key.is_some(),
+            template: self.url.map(|_| self.path),
+            rate: self.rate,
+            baseline: self.baseline,
+        })
+    }
+}
+
 impl LocConf {
     /// # Errors
     /// A certificate without its key or a key without its certificate.
@@ -278,6 +266,24 @@ impl LocConf {
 
     pub fn mirrors(&self) -> &[MirrorRef] {
         self.mirrors.as_deref().unwrap_or(&[])
+    }
+
+    /// This level's lines as the engine routes copies, each with its place in the list.
+    pub fn routes(&self) -> impl Iterator<Item = (usize, Route)> + Clone + '_ {
+        self.mirrors().iter().enumerate().filter_map(|(i, m)| Some((i, m.route()?)))
+    }
+
+    /// What the engine needs of this location for a request's copies; `log` is the copy
+    /// log this request writes to, if any.
+    pub fn location(&self, log: Option<usize>) -> Location<'_> {
+        Location {
+            opts: self.copy_options(),
+            body: self.body(),
+            body_max_size: self.body_max_size(),
+            held: self.primary_status.as_deref(),
+            compare: self.compare_settings.as_ref(),
+            log,
+        }
     }
 
     pub fn mark_header(&self) -> Option<&str> {

@@ -1,5 +1,5 @@
-//! Per-request state: what happened to this request's copies
-//! (`$async_mirror_outcome`) and the body streams the request body filter feeds.
+//! Per-request state: the engine's [`RequestCopies`], kept where nginx's filters and
+//! variable handlers find it.
 //!
 //! Internal redirects (`index`, `try_files`, `error_page`) clear module contexts
 //! and run the phases again; like nginx's realip module, the context lives in
@@ -11,33 +11,13 @@ use std::ptr::NonNull;
 
 use ngx::ffi::{ngx_http_request_t, ngx_pool_cleanup_add};
 
-use crate::engine::Outcome;
-use crate::engine::body::BodyTx;
-use crate::engine::copy::Copy;
-use crate::engine::shadow::PrimaryCapture;
+use crate::engine::copy::RequestCopies;
 
 pub struct RequestCtx {
-    /// One entry per target, and all of them joined for the variable.
-    entries: Vec<String>,
-    outcome: String,
-    /// Body streams of this request's copies, fed by the request body filter.
-    /// Dropped with the request pool: a body that never finished is aborted then.
-    pub bodies: Vec<BodyTx>,
-    /// The primary's answer as the response filters capture it (comparison on).
-    /// Dropped unfinished with the pool, it tells the copies the response was incomplete.
-    pub primary: Option<PrimaryCapture>,
-    /// Copies waiting for the primary's status (`async_mirror_primary_status`), with
-    /// their entry in the outcome list and the statuses that let them go.
-    pub held: Vec<(usize, Copy)>,
-    pub held_statuses: Vec<(u16, u16)>,
-}
-
-/// `dropped:queue_full`, `skipped`: how the variable shows an outcome decided on the nginx thread.
-pub fn label(outcome: Outcome) -> String {
-    match outcome {
-        Outcome::Dropped(_) => format!("dropped:{}", outcome.reason()),
-        other => other.label().to_string(),
-    }
+    /// This request's copies: their fates (`$async_mirror_outcome`), the body streams
+    /// the request body filter feeds, the primary's capture the response filters feed,
+    /// and copies held for the primary's status. Dropped with the request pool.
+    pub copies: RequestCopies,
 }
 
 unsafe extern "C" fn ctx_cleanup(data: *mut c_void) {
@@ -97,43 +77,9 @@ impl RequestCtx {
                 return None;
             }
             let ctx = (*c).data.cast::<RequestCtx>();
-            ctx.write(RequestCtx {
-                entries: Vec::new(),
-                outcome: String::new(),
-                bodies: Vec::new(),
-                primary: None,
-                held: Vec::new(),
-                held_statuses: Vec::new(),
-            });
+            ctx.write(RequestCtx { copies: RequestCopies::default() });
             (*c).handler = Some(ctx_cleanup);
             ctx.as_mut()
         }
-    }
-
-    /// Records one target's result for `$async_mirror_outcome`; returns its place.
-    pub fn push(&mut self, what: &str) -> usize {
-        if !self.entries.is_empty() {
-            self.outcome.push(',');
-        }
-        self.outcome.push_str(what);
-        self.entries.push(what.to_string());
-        self.entries.len() - 1
-    }
-
-    /// Replaces the result at place `i` (a held copy was sent or discarded).
-    pub fn set(&mut self, i: usize, what: &str) {
-        if let Some(e) = self.entries.get_mut(i) {
-            *e = what.to_string();
-            self.outcome = self.entries.join(",");
-        }
-    }
-
-    /// Records an outcome decided on the nginx thread (the copy is already counted).
-    pub fn record(&mut self, outcome: Outcome) -> usize {
-        self.push(&label(outcome))
-    }
-
-    pub fn outcome(&self) -> &str {
-        &self.outcome
     }
 }

@@ -6,7 +6,6 @@
 //! generic over the module ([`Registered`]) so that they need not name it.
 
 use std::ffi::{c_char, c_void};
-use std::time::Duration;
 
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
@@ -17,10 +16,14 @@ use ngx::ffi::{
 use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
 use ngx::ngx_conf_log_error;
 
-use super::conf::{CompareLog, CopyLogRef, LocConf, MainConf, MirrorRef, Registered, SetHeader, defaults};
-use super::{api, status, zone};
-use crate::engine::url::PathKind;
-use crate::engine::{compare, parse, sample};
+use super::conf::{CompareLog, CopyLogRef, LocConf, MainConf, MirrorRef, Registered, SetHeader};
+use super::{api_handler, shm, status_handler};
+use crate::engine::client::{load_key, load_pem};
+use crate::engine::compare::parse_json_path;
+use crate::engine::config::{
+    self as parse, defaults, parse_http_version, parse_mirror_line, parse_status_range, positive_time,
+};
+use crate::engine::zone::MIN_SIZE;
 
 enum ConfError {
     /// nginx's own wording: `"NAME" directive is duplicate`.
@@ -34,10 +37,10 @@ impl From<String> for ConfError {
     }
 }
 
-type Setter<C> = fn(&mut ngx_conf_t, &mut C, &[&str]) -> Result<(), ConfError>;
+type SetterFn<C> = fn(&mut ngx_conf_t, &mut C, &[&str]) -> Result<(), ConfError>;
 
 /// Runs a setter for nginx; never lets a panic or an error escape unlogged.
-fn run<C>(cf: *mut ngx_conf_t, conf: *mut c_void, setter: Setter<C>) -> *mut c_char {
+fn run<C>(cf: *mut ngx_conf_t, conf: *mut c_void, setter: SetterFn<C>) -> *mut c_char {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         // SAFETY: nginx calls setters with a valid cf whose args array holds ngx_str_t,
         // and conf points to this module's conf of the type the command table names.
@@ -86,13 +89,6 @@ fn set_once<T>(slot: &mut Option<T>, value: T) -> Result<(), ConfError> {
     Ok(())
 }
 
-fn positive_time(s: &str) -> Result<Duration, String> {
-    match parse::parse_time(s)? {
-        Duration::ZERO => Err(format!("invalid time \"{s}\" (must be greater than 0)")),
-        t => Ok(t),
-    }
-}
-
 /// Compiles an argument that may contain variables.
 fn complex_value(cf: &mut ngx_conf_t, arg: &str) -> Result<*mut ngx_http_complex_value_t, ConfError> {
     // The argument lives in cf->pool for the life of the configuration, as the
@@ -125,64 +121,39 @@ directive!(cmd_async_mirror, LocConf, |cf, lc, args| {
     if matches!(&lc.mirrors, Some(v) if v.is_empty()) {
         return Err(ConfError::Duplicate);
     }
-    let (mut sample, mut key, mut rate) = (None, None, None);
-    let mut baseline = false;
-    let mut resolve = None;
-    for param in &args[1..] {
-        let (name, value) = param.split_once('=').unwrap_or((param, ""));
-        match name {
-            "resolve" if resolve.is_none() => {
-                resolve = Some(if param.contains('=') { positive_time(value)? } else { defaults::RESOLVE });
-            }
-            "resolve" => return Err(format!("duplicate parameter \"{param}\"").into()),
-            "baseline" if !param.contains('=') && !baseline => baseline = true,
-            "baseline" => return Err(format!("invalid parameter \"{param}\"").into()),
-            "sample" if sample.is_none() => sample = Some(sample::parse_percent(value)?),
-            "key" if key.is_none() => {
-                if value.is_empty() {
-                    return Err(ConfError::Msg("empty key=".into()));
-                }
-                key = std::ptr::NonNull::new(complex_value(cf, value)?);
-            }
-            "rate" if rate.is_none() => rate = Some(sample::parse_rate(value)?),
-            "sample" | "key" | "rate" => return Err(format!("duplicate parameter \"{param}\"").into()),
-            _ => return Err(format!("unknown parameter \"{param}\"").into()),
-        }
-    }
-    if key.is_some() && sample.is_none() {
-        return Err(ConfError::Msg("key= needs sample=".into()));
-    }
-    let dynamic = args[0].contains('$');
-    if dynamic && resolve.is_some() {
-        return Err(ConfError::Msg(format!(
-            "resolve with variables in \"{}\" (such URLs are resolved for every connection)",
-            args[0]
-        )));
-    }
-    let (spec, url, path) = if dynamic {
-        let cv = std::ptr::NonNull::new(complex_value(cf, args[0])?);
-        (parse::parse_template(args[0])?, cv, parse::template_path_kind(args[0]))
-    } else {
-        (parse::parse_target_with(args[0], resolve)?, None, PathKind::Prefix)
+    let line = parse_mirror_line(args)?;
+    let spec = line.spec()?;
+    let key = match line.key {
+        Some(k) => std::ptr::NonNull::new(complex_value(cf, k)?),
+        None => None,
     };
+    let url = if line.dynamic() { std::ptr::NonNull::new(complex_value(cf, line.url)?) } else { None };
     let Some(mc) = M::main_conf_mut(&*cf) else {
         return Err(ConfError::Msg("no http main configuration".into()));
     };
     let spec = mc.add_spec(spec)?;
-    let rate = rate.map(|r| mc.rates.push(r));
+    let rate = line.rate.map(|r| mc.rates.push(r));
     let list = lc.mirrors.get_or_insert_with(Vec::new);
     if list.iter().any(|m| m.spec == spec) {
-        return Err(format!("duplicate target \"{}\"", args[0]).into());
+        return Err(format!("duplicate target \"{}\"", line.url).into());
     }
-    if baseline && list.iter().any(|m| m.baseline) {
-        return Err(format!("second baseline \"{}\" (one baseline per level)", args[0]).into());
+    if line.baseline && list.iter().any(|m| m.baseline) {
+        return Err(format!("second baseline \"{}\" (one baseline per level)", line.url).into());
     }
-    let sample_ppm = sample.unwrap_or(sample::PPM);
-    let written = (args[0].to_string(), sample_ppm);
+    let written = (line.url.to_string(), line.sample_ppm);
     if !mc.samples.contains(&written) {
         mc.samples.push(written);
     }
-    list.push(MirrorRef { spec, target: None, sample_ppm, key, rate, url, path, baseline });
+    list.push(MirrorRef {
+        spec,
+        target: None,
+        sample_ppm: line.sample_ppm,
+        key,
+        rate,
+        url,
+        path: line.path_kind(),
+        baseline: line.baseline,
+    });
     Ok(())
 });
 
@@ -222,7 +193,7 @@ directive!(cmd_zone, MainConf, |cf, mc, args| {
         return Err(format!("invalid zone name \"{name}\"").into());
     }
     let size = parse::parse_size(args[1])?;
-    if size < zone::MIN_SIZE as u64 || size > 1 << 32 {
+    if size < MIN_SIZE as u64 || size > 1 << 32 {
         return Err(format!("zone \"{name}\" size \"{}\" must be between 32k and 4g", args[1]).into());
     }
     let mut ngx_name = ngx_str_t { len: name.len(), data: name.as_ptr().cast_mut() };
@@ -242,7 +213,7 @@ directive!(cmd_zone, MainConf, |cf, mc, args| {
     if !shm_ref.data.is_null() {
         return Err(format!("zone \"{name}\" is already used").into());
     }
-    shm_ref.init = Some(zone::init_zone);
+    shm_ref.init = Some(shm::init_zone);
     shm_ref.data = std::ptr::from_mut(mc).cast();
     mc.zone = std::ptr::NonNull::new(shm);
     Ok(())
@@ -252,7 +223,7 @@ directive!(cmd_status, LocConf, |cf, _lc, _args| {
     let Some(clcf) = NgxHttpCoreModule::location_conf_mut(&*cf) else {
         return Err(ConfError::Msg("no location configuration".into()));
     };
-    clcf.handler = Some(status::status_handler);
+    clcf.handler = Some(status_handler::status_handler);
     Ok(())
 });
 
@@ -266,7 +237,7 @@ directive!(cmd_api, LocConf, |cf, lc, args| {
     let Some(clcf) = NgxHttpCoreModule::location_conf_mut(&*cf) else {
         return Err(ConfError::Msg("no location configuration".into()));
     };
-    clcf.handler = Some(api::api_handler::<M>);
+    clcf.handler = Some(api_handler::api_handler::<M>);
     Ok(())
 });
 
@@ -295,29 +266,24 @@ fn conf_path(cf: &ngx_conf_t, arg: &str) -> std::path::PathBuf {
 
 directive!(cmd_ssl_trusted_certificate, LocConf, |cf, lc, args| {
     let path = conf_path(cf, args[0]);
-    crate::engine::tls::load_pem(&path)?;
+    load_pem(&path)?;
     set_once(&mut lc.ssl_trusted_certificate, path)
 });
 
 directive!(cmd_ssl_certificate, LocConf, |cf, lc, args| {
     let path = conf_path(cf, args[0]);
-    crate::engine::tls::load_pem(&path)?;
+    load_pem(&path)?;
     set_once(&mut lc.ssl_certificate, path)
 });
 
 directive!(cmd_ssl_certificate_key, LocConf, |cf, lc, args| {
     let path = conf_path(cf, args[0]);
-    crate::engine::tls::load_key(&path)?;
+    load_key(&path)?;
     set_once(&mut lc.ssl_certificate_key, path)
 });
 
 directive!(cmd_http_version, LocConf, |_cf, lc, args| {
-    let http2 = match args[0] {
-        "1.1" => false,
-        "2" | "2.0" => true,
-        v => return Err(format!("invalid HTTP version \"{v}\" (expected 1.1 or 2)").into()),
-    };
-    set_once(&mut lc.http2, http2)
+    set_once(&mut lc.http2, parse_http_version(args[0])?)
 });
 
 directive!(cmd_max_fails, LocConf, |_cf, lc, args| {
@@ -380,7 +346,7 @@ directive!(cmd_compare_ignore_json, LocConf, |_cf, lc, args| {
     if lc.compare_ignore_json.is_some() {
         return Err(ConfError::Duplicate);
     }
-    let paths = args.iter().map(|a| compare::parse_json_path(a)).collect::<Result<Vec<_>, _>>()?;
+    let paths = args.iter().map(|a| parse_json_path(a)).collect::<Result<Vec<_>, _>>()?;
     lc.compare_ignore_json = Some(paths);
     Ok(())
 });
@@ -464,7 +430,7 @@ directive!(cmd_compare_log, LocConf, |cf, lc, args| {
     let mut rate = None;
     for param in params {
         match param.split_once('=') {
-            Some(("rate", v)) if rate.is_none() => rate = Some(sample::parse_rate(v)?),
+            Some(("rate", v)) if rate.is_none() => rate = Some(parse::parse_rate(v)?),
             _ => return Err(format!("invalid parameter \"{param}\"").into()),
         }
     }
@@ -489,25 +455,7 @@ directive!(cmd_primary_status, LocConf, |_cf, lc, args| {
     if lc.primary_status.is_some() {
         return Err(ConfError::Duplicate);
     }
-    let mut ranges = Vec::with_capacity(args.len());
-    for a in args {
-        let b = a.as_bytes();
-        let range = match b {
-            [c @ b'1'..=b'5', b'x' | b'X', b'x' | b'X'] => {
-                let lo = u16::from(c - b'0') * 100;
-                (lo, lo + 99)
-            }
-            _ => match a.parse::<u16>() {
-                Ok(code @ 100..=599) if b.len() == 3 => (code, code),
-                _ => {
-                    return Err(
-                        format!("invalid status \"{a}\" (expected a code 100..599 or 1xx..5xx)").into()
-                    );
-                }
-            },
-        };
-        ranges.push(range);
-    }
+    let ranges = args.iter().map(|a| parse_status_range(a)).collect::<Result<Vec<_>, _>>()?;
     lc.primary_status = Some(ranges);
     Ok(())
 });

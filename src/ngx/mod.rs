@@ -4,7 +4,7 @@
 //! nginx thread except the bounded drain when a worker exits. `module.rs`
 //! registers everything; the files below it never name the module.
 
-mod api;
+mod api_handler;
 mod body_filter;
 mod conf;
 mod ctx;
@@ -15,6 +15,6 @@ mod module;
 mod process;
 mod request;
 mod response_filter;
-mod status;
+mod shm;
+mod status_handler;
 mod variable;
-mod zone;

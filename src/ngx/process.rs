@@ -15,11 +15,10 @@ use ngx::ffi::{
 
 use super::conf::Registered;
 use super::log;
-use super::zone::{Shared, Zone};
+use super::shm;
 use crate::engine::Engine;
-use crate::engine::api::Override;
-use crate::engine::ids::{RateId, Table, TargetId};
-use crate::engine::sample::{Rng, TokenBucket};
+use crate::engine::copy::Selection;
+use crate::engine::zone::ZoneLink;
 
 /// How long runtime threads get to stop once draining is over.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
@@ -27,18 +26,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 const TICK_MS: usize = 250;
 const REPORT_EVERY: u32 = 4;
 
-/// Per-worker sampling state, used only on the nginx thread.
-pub struct Selection {
-    pub rng: Rng,
-    pub buckets: Table<RateId, TokenBucket>,
-    /// `async_mirror_api` overrides per target, read from the zone every tick.
-    pub overrides: Table<TargetId, Override>,
-}
-
 pub struct Worker {
     pub engine: Engine,
     pub select: Selection,
-    pub shared: Option<Shared>,
+    pub zone: Option<ZoneLink>,
     /// `async_mirror_compare_log` files, as nginx opened them (it reopens them in place).
     compare_logs: Vec<NonNull<ngx_open_file_t>>,
     /// `async_mirror_log` files.
@@ -53,11 +44,6 @@ thread_local! {
 }
 
 static mut REPORT_TIMER: ngx_event_t = unsafe { std::mem::zeroed() };
-
-/// Runs `f` with this worker's engine and sampling state, if a runtime is running.
-pub fn with_engine(f: impl FnOnce(&Engine, &mut Selection)) {
-    with_worker(|w| f(&w.engine, &mut w.select));
-}
 
 /// Runs `f` with this worker's state, if a runtime is running.
 pub fn with_worker<T: Default>(f: impl FnOnce(&mut Worker) -> T) -> T {
@@ -110,22 +96,18 @@ pub unsafe extern "C" fn init_process<M: Registered>(cycle: *mut ngx_cycle_t) ->
                     settings.client.max_connections,
                 ));
                 // SAFETY: the zone was initialised by the master before workers started.
-                let zone = mc.zone.and_then(|z| unsafe { Zone::from_shm(z.as_ptr()) });
-                let shared = zone.map(|z| Shared::new(z, &engine));
+                let table = mc.zone.and_then(|z| unsafe { shm::table(z.as_ptr()) });
+                let zone = table.map(|t| ZoneLink::new(t, &engine));
                 let seed = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_nanos() as u64)
                     ^ u64::from(std::process::id());
-                let overrides = shared.as_ref().map(Shared::overrides).unwrap_or_default();
-                let select = Selection {
-                    rng: Rng::seeded(seed),
-                    buckets: mc.rates.map(|&r| TokenBucket::new(r)),
-                    overrides,
-                };
+                let mut select = Selection::new(seed, &mc.rates);
+                select.overrides = zone.as_ref().map(ZoneLink::overrides).unwrap_or_default();
                 WORKER.set(Some(Worker {
                     engine,
                     select,
-                    shared,
+                    zone,
                     compare_logs: mc.compare_logs.iter().map(|l| l.file).collect(),
                     copy_logs: mc.copy_logs.clone(),
                     drain_timeout: mc.drain_timeout(),
@@ -158,8 +140,8 @@ pub unsafe extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
         w.engine.shutdown(SHUTDOWN_GRACE);
         write_reports(&w.engine);
         write_logs(&w.engine, &w.compare_logs, &w.copy_logs);
-        if let Some(shared) = w.shared.as_mut() {
-            shared.fold(&w.engine, true);
+        if let Some(zone) = w.zone.as_mut() {
+            zone.fold(&w.engine, true);
         }
         for (_, spec, stats) in w.engine.targets() {
             log::notice(&format!(
@@ -191,9 +173,9 @@ unsafe extern "C" fn report_timer_handler(ev: *mut ngx_event_t) {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         with_worker(|w| {
             write_logs(&w.engine, &w.compare_logs, &w.copy_logs);
-            if let Some(shared) = w.shared.as_mut() {
-                shared.fold(&w.engine, false);
-                w.select.overrides = shared.overrides();
+            if let Some(zone) = w.zone.as_mut() {
+                zone.fold(&w.engine, false);
+                w.select.overrides = zone.overrides();
             }
             w.ticks = w.ticks.wrapping_add(1);
             if w.ticks % REPORT_EVERY == 0 {
@@ -210,7 +192,7 @@ unsafe extern "C" fn report_timer_handler(ev: *mut ngx_event_t) {
 
 /// Error reports from the runtime, at most one line per target per interval.
 fn write_reports(engine: &Engine) {
-    for r in engine.log().take() {
+    for r in engine.error_log().take() {
         let url = engine.spec(r.target).map_or("?", |s| s.url.as_str());
         let more = match r.suppressed {
             0 => String::new(),
@@ -228,9 +210,9 @@ fn write_logs(
     compare_logs: &[NonNull<ngx_open_file_t>],
     copy_logs: &[NonNull<ngx_open_file_t>],
 ) {
-    let diff = &engine.difflog().counts;
-    write_lines(engine.difflog().take(), compare_logs, &diff.written, &diff.failed);
-    let copies = engine.copylog();
+    let mismatches = engine.mismatch_log();
+    write_lines(mismatches.take(), compare_logs, &mismatches.counts.written, &mismatches.counts.failed);
+    let copies = engine.copy_log();
     write_lines(copies.take(), copy_logs, &copies.written, &copies.lost);
 }
 

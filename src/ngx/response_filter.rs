@@ -15,9 +15,9 @@ use ngx::ffi::{
 };
 
 use super::conf::RESPONSE_FILTERS;
-use super::ctx::{RequestCtx, label};
+use super::ctx::RequestCtx;
 use super::log;
-use super::process::with_engine;
+use super::process::with_worker;
 use super::request::{HeaderIter, str_bytes};
 
 /// The filters that were at the top before ours; set once in postconfiguration.
@@ -53,7 +53,7 @@ pub unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t 
     if wanted(rr) && rr.header_only() != 0 {
         let _ = std::panic::catch_unwind(|| {
             // SAFETY: as above.
-            if let Some(p) = unsafe { RequestCtx::find_mut(rr) }.and_then(|c| c.primary.as_mut()) {
+            if let Some(p) = unsafe { RequestCtx::find_mut(rr) }.and_then(|c| c.copies.primary()) {
                 p.finish();
             }
         });
@@ -64,7 +64,7 @@ pub unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t 
 fn on_header(r: &ngx_http_request_t, ctx: &mut RequestCtx) {
     let out = &r.headers_out;
     let status = u16::try_from(out.status).unwrap_or(0);
-    if let Some(p) = ctx.primary.as_mut() {
+    if let Some(p) = ctx.copies.primary() {
         let find = |name: &str| -> Option<Vec<u8>> {
             match name {
                 "content-type" => {
@@ -91,26 +91,9 @@ fn on_header(r: &ngx_http_request_t, ctx: &mut RequestCtx) {
         let headers = p.settings().headers.iter().map(|h| find(h)).collect();
         p.head(status, headers, find("content-type"), find("content-encoding"));
     }
-    if ctx.held.is_empty() {
-        return;
+    if ctx.copies.holds() {
+        with_worker(|w| ctx.copies.release_held(status, w.engine.lanes()));
     }
-    let go = ctx.held_statuses.iter().any(|&(lo, hi)| (lo..=hi).contains(&status));
-    let held = std::mem::take(&mut ctx.held);
-    with_engine(|engine, _| {
-        for (i, mut copy) in held {
-            if !go {
-                // Not a copy: nothing counted, like `sampled_out`.
-                copy.discard();
-                ctx.set(i, "primary_status");
-                continue;
-            }
-            copy.confirm();
-            match engine.submit(copy) {
-                Ok(()) => ctx.set(i, "queued"),
-                Err(outcome) => ctx.set(i, &label(outcome)),
-            }
-        }
-    });
 }
 
 pub unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, chain: *mut ngx_chain_t) -> ngx_int_t {
@@ -136,7 +119,7 @@ pub unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, chain: *mut ngx
 /// while nothing else holds the request's context.
 unsafe fn capture(r: &ngx_http_request_t, mut chain: *mut ngx_chain_t) {
     // SAFETY: per the contract.
-    let Some(p) = (unsafe { RequestCtx::find_mut(r) }).and_then(|c| c.primary.as_mut()) else { return };
+    let Some(p) = (unsafe { RequestCtx::find_mut(r) }).and_then(|c| c.copies.primary()) else { return };
     // SAFETY: chain links and buffers are valid for this call.
     while let Some(cl) = unsafe { chain.as_ref() } {
         let Some(b) = (unsafe { cl.buf.as_ref() }) else { break };

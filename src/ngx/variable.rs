@@ -15,7 +15,7 @@ pub unsafe extern "C" fn outcome_variable(
         let (r, v) = unsafe { (&*r, &mut *v) };
         // SAFETY: r.main is the main request, alive while any of its subrequests is.
         let main = unsafe { &*r.main };
-        match RequestCtx::find(main).map(RequestCtx::outcome).filter(|o| !o.is_empty()) {
+        match RequestCtx::find(main).map(|c| c.copies.variable()).filter(|o| !o.is_empty()) {
             Some(o) => {
                 v.set_len(o.len() as _);
                 v.data = o.as_ptr().cast_mut();

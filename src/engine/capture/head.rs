@@ -1,0 +1,293 @@
+//! The captured request head: what nginx accepted, minus hop-by-hop headers, ready to replay.
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Uri};
+
+use crate::engine::config::{Dest, PathKind};
+
+/// Headers that describe one connection, not the request (RFC 9110 §7.6.1), plus
+/// the legacy `Proxy-Connection`; never forwarded to a mirror.
+const HOP_BY_HOP: [&str; 7] =
+    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
+
+/// Why a request cannot be replayed as a copy; the copy is counted `skipped` (the
+/// variant is kept for debugging, not shown to the client or the log).
+#[derive(Debug, PartialEq, Eq)]
+pub enum CaptureError {
+    Method,
+    Uri,
+    Header(String),
+}
+
+/// An immutable snapshot of the client request, shared by every target's copy.
+#[derive(Debug, Clone)]
+pub struct RequestHead {
+    pub method: Method,
+    /// `$request_uri`: path and query exactly as the client sent them.
+    pub request_uri: Bytes,
+    pub headers: HeaderMap,
+    /// The client sent `TE: trailers` (gRPC does): kept on HTTP/2 copies, the one
+    /// hop-by-hop header HTTP/2 allows.
+    pub te_trailers: bool,
+}
+
+/// Header edits from `async_mirror_set_header` and the mark header, evaluated by nginx.
+#[derive(Debug, Default, Clone)]
+pub struct HeaderEdits<'a> {
+    /// `(name, value)`; an empty value removes the header.
+    pub set: Vec<(&'a [u8], &'a [u8])>,
+    /// Loop-guard header added with value `1`.
+    pub mark: Option<&'a [u8]>,
+}
+
+impl RequestHead {
+    /// Builds the snapshot from raw parts as nginx holds them.
+    ///
+    /// # Errors
+    /// When the method, URI or a header cannot be expressed as a valid HTTP/1.1
+    /// request (nginx is more lenient than the `http` crate in places).
+    pub fn capture<'h>(
+        method: &[u8],
+        request_uri: &[u8],
+        headers: impl Iterator<Item = (&'h [u8], &'h [u8])> + Clone,
+        edits: &HeaderEdits<'_>,
+    ) -> Result<RequestHead, CaptureError> {
+        let method = Method::from_bytes(method).map_err(|_| CaptureError::Method)?;
+        if request_uri.first() != Some(&b'/') && request_uri != b"*" {
+            return Err(CaptureError::Uri);
+        }
+        // Checked here, on the capture path, so building the request later cannot fail.
+        Uri::from_maybe_shared(Bytes::copy_from_slice(request_uri)).map_err(|_| CaptureError::Uri)?;
+
+        let mut drop_named: Vec<&[u8]> = Vec::new();
+        let mut te_trailers = false;
+        for (name, value) in headers.clone() {
+            if name.eq_ignore_ascii_case(b"connection") {
+                drop_named.extend(value.split(|&b| b == b',').map(trim).filter(|t| !t.is_empty()));
+            }
+            if name.eq_ignore_ascii_case(b"te") {
+                te_trailers |= value.split(|&b| b == b',').any(|t| trim(t).eq_ignore_ascii_case(b"trailers"));
+            }
+        }
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            if HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+                || drop_named.iter().any(|d| name.eq_ignore_ascii_case(d))
+            {
+                continue;
+            }
+            let header = |e| CaptureError::Header(String::from_utf8_lossy(e).into_owned());
+            let n = HeaderName::from_bytes(name).map_err(|_| header(name))?;
+            let v = HeaderValue::from_bytes(value).map_err(|_| header(name))?;
+            map.append(n, v);
+        }
+        for (name, value) in &edits.set {
+            let header = || CaptureError::Header(String::from_utf8_lossy(name).into_owned());
+            let n = HeaderName::from_bytes(name).map_err(|_| header())?;
+            map.remove(&n);
+            if !value.is_empty() {
+                map.insert(n, HeaderValue::from_bytes(value).map_err(|_| header())?);
+            }
+        }
+        if let Some(mark) = edits.mark {
+            let n = HeaderName::from_bytes(mark).map_err(|_| CaptureError::Header("mark".into()))?;
+            map.insert(n, HeaderValue::from_static("1"));
+        }
+        Ok(RequestHead {
+            method,
+            request_uri: Bytes::copy_from_slice(request_uri),
+            headers: map,
+            te_trailers,
+        })
+    }
+
+    /// Rough heap footprint, charged against the backlog byte budget.
+    pub fn weight(&self) -> usize {
+        let headers: usize = self.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 32).sum();
+        std::mem::size_of::<Self>() + self.request_uri.len() + headers
+    }
+
+    /// The copy for one destination: its prefix + `$request_uri` (or its whole request
+    /// target), `Host` kept (or the destination's authority).
+    pub fn to_request<B>(&self, dest: &Dest, body: B) -> Request<B> {
+        let uri = Uri::from_maybe_shared(self.path(dest)).unwrap_or_else(|_| Uri::from_static("/"));
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = uri;
+        *req.headers_mut() = self.headers.clone();
+        if !req.headers().contains_key(http::header::HOST) {
+            if let Ok(v) = HeaderValue::from_str(&dest.authority) {
+                req.headers_mut().insert(http::header::HOST, v);
+            }
+        }
+        req
+    }
+
+    /// The copy as an HTTP/2 request: the client's `Host` (or the destination's authority)
+    /// becomes `:authority`, and `te: trailers` is kept when the client sent it.
+    pub fn to_h2_request<B>(&self, dest: &Dest, body: B) -> Request<B> {
+        let mut req = self.to_request(dest, body);
+        let host = req.headers_mut().remove(http::header::HOST);
+        let authority = host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.parse::<http::uri::Authority>().ok())
+            .or_else(|| dest.authority.parse().ok());
+        let mut parts = std::mem::take(req.uri_mut()).into_parts();
+        parts.scheme = Some(if dest.url.https { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP });
+        parts.authority = authority;
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+        *req.version_mut() = http::Version::HTTP_2;
+        if self.te_trailers {
+            req.headers_mut().insert(http::header::TE, HeaderValue::from_static("trailers"));
+        }
+        req
+    }
+
+    fn path(&self, dest: &Dest) -> Bytes {
+        match dest.kind {
+            PathKind::Target => Bytes::from(dest.url.path.clone()),
+            PathKind::Prefix if dest.url.path.is_empty() => self.request_uri.clone(),
+            PathKind::Prefix => {
+                let prefix = dest.url.path.as_bytes();
+                let mut p = Vec::with_capacity(prefix.len() + self.request_uri.len());
+                p.extend_from_slice(prefix);
+                p.extend_from_slice(&self.request_uri);
+                Bytes::from(p)
+            }
+        }
+    }
+}
+
+fn trim(s: &[u8]) -> &[u8] {
+    let start = s.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(s.len());
+    let end = s.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    &s[start..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::config::parse_dest;
+
+    fn hdrs(list: &[(&'static str, &'static str)]) -> Vec<(&'static [u8], &'static [u8])> {
+        list.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())).collect()
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_named_headers() {
+        let h = hdrs(&[
+            ("Host", "example.com"),
+            ("Connection", "keep-alive, X-Private"),
+            ("X-Private", "secret"),
+            ("Keep-Alive", "timeout=5"),
+            ("TE", "trailers"),
+            ("X-Custom", "a"),
+            ("X-Custom", "b"),
+        ]);
+        let head =
+            RequestHead::capture(b"GET", b"/p?q=1", h.iter().copied(), &HeaderEdits::default()).unwrap();
+        let names: Vec<_> = head.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["host", "x-custom"]);
+        assert_eq!(head.headers.get_all("x-custom").iter().count(), 2);
+        let req =
+            head.to_request(&parse_dest("http://mirror:8080/shadow", false, PathKind::Prefix).unwrap(), ());
+        assert_eq!(req.uri(), "/shadow/p?q=1");
+        assert_eq!(req.headers()["host"], "example.com");
+    }
+
+    #[test]
+    fn http2_copies_carry_authority_and_trailers() {
+        let h = hdrs(&[("Host", "shop.example"), ("TE", "trailers"), ("Content-Type", "application/grpc")]);
+        let head =
+            RequestHead::capture(b"POST", b"/svc/M", h.iter().copied(), &HeaderEdits::default()).unwrap();
+        assert!(head.te_trailers && !head.headers.contains_key("te"));
+        let dest = parse_dest("http://10.0.0.1:50051/p", false, PathKind::Prefix).unwrap();
+        let req = head.to_h2_request(&dest, ());
+        assert_eq!(req.uri(), "http://shop.example/p/svc/M");
+        assert_eq!(
+            (req.headers()["te"].to_str().unwrap(), req.headers().contains_key("host")),
+            ("trailers", false)
+        );
+        assert!(head.to_request(&dest, ()).headers().get("te").is_none(), "never on HTTP/1.1 copies");
+    }
+
+    #[test]
+    fn applies_edits_and_mark() {
+        let h = hdrs(&[("X-A", "1"), ("X-B", "2")]);
+        let edits = HeaderEdits {
+            set: vec![(b"X-A", b"over"), (b"X-B", b""), (b"X-New", b"n")],
+            mark: Some(b"X-Async-Mirror"),
+        };
+        let head = RequestHead::capture(b"DELETE", b"/", h.iter().copied(), &edits).unwrap();
+        assert_eq!(head.headers["x-a"], "over");
+        assert!(!head.headers.contains_key("x-b"));
+        assert_eq!(head.headers["x-new"], "n");
+        assert_eq!(head.headers["x-async-mirror"], "1");
+        let req = head.to_request(&parse_dest("http://127.0.0.1:9", false, PathKind::Prefix).unwrap(), ());
+        assert_eq!(req.headers()["host"], "127.0.0.1:9");
+        assert_eq!(req.method(), Method::DELETE);
+        assert!(head.weight() > 0);
+    }
+
+    #[test]
+    fn rejects_unrepresentable() {
+        let none = Vec::<(&[u8], &[u8])>::new();
+        let e = HeaderEdits::default();
+        assert_eq!(
+            RequestHead::capture(b"G T", b"/", none.iter().copied(), &e).unwrap_err(),
+            CaptureError::Method
+        );
+        assert_eq!(
+            RequestHead::capture(b"GET", b"http://x/", none.iter().copied(), &e).unwrap_err(),
+            CaptureError::Uri
+        );
+        let bad = hdrs(&[("X-Ctl", "a\u{1}b")]);
+        assert!(matches!(
+            RequestHead::capture(b"GET", b"/", bad.iter().copied(), &e),
+            Err(CaptureError::Header(_))
+        ));
+    }
+
+    proptest::proptest! {
+        /// Arbitrary bytes never panic; what is captured is exactly the input minus the
+        /// hop-by-hop headers, in order.
+        #[test]
+        fn capture_is_total_and_faithful(
+            method in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..10),
+            uri in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+            raw in proptest::collection::vec((proptest::collection::vec(proptest::prelude::any::<u8>(), 0..12),
+                                              proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20)), 0..8),
+            names in proptest::collection::vec("[A-Za-z][A-Za-z0-9-]{0,10}", 0..8),
+        ) {
+            let h: Vec<(&[u8], &[u8])> = raw.iter().map(|(n, v)| (&n[..], &v[..])).collect();
+            let _ = RequestHead::capture(&method, &uri, h.iter().copied(), &HeaderEdits::default());
+
+            let valid: Vec<(String, String)> = names.iter().map(|n| (n.clone(), format!("v-{n}"))).collect();
+            let h: Vec<(&[u8], &[u8])> = valid.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())).collect();
+            let head = RequestHead::capture(b"GET", b"/x", h.iter().copied(), &HeaderEdits::default()).unwrap();
+            let named: Vec<String> = valid.iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+                .flat_map(|(_, v)| v.split(',').map(|t| t.trim().to_ascii_lowercase()).collect::<Vec<_>>())
+                .collect();
+            let want: Vec<(String, String)> = valid.iter()
+                .filter(|(n, _)| !HOP_BY_HOP.contains(&n.to_ascii_lowercase().as_str())
+                    && !named.contains(&n.to_ascii_lowercase()))
+                .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
+                .collect();
+            let mut got: Vec<(String, String)> = Vec::new();
+            for name in head.headers.keys() {
+                for v in head.headers.get_all(name) {
+                    got.push((name.as_str().to_string(), v.to_str().unwrap().to_string()));
+                }
+            }
+            let mut want_sorted = want.clone();
+            want_sorted.sort();
+            got.sort();
+            proptest::prop_assert_eq!(got, want_sorted);
+        }
+    }
+}

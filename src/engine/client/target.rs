@@ -1,0 +1,277 @@
+//! One target as a worker runs it: its spec, counters, breaker, limits and pools,
+//! and the delivery of one copy over them.
+//!
+//! Capacity: a copy in flight takes a connection (HTTP/1.1) or a stream (HTTP/2).
+//! When none is free and fewer than `async_mirror_max_connections` exist, another
+//! connection is opened, at most [`CONNECTS_IN_PROGRESS`] at a time (one at a time
+//! over HTTP/2, whose connections carry many streams), so a dead target costs that
+//! many pending connects until its breaker opens. Copies that find nothing free wait
+//! for a connection or a stream to come back, within their `async_mirror_timeout`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+
+use super::breaker::{Breaker, BreakerSettings};
+use super::http1;
+use super::http2;
+use super::idle::IdlePool;
+use super::limits::{CONNECTS_IN_PROGRESS, Key, Limits};
+use super::resolve::Resolver;
+use super::response::MirrorResponse;
+use crate::engine::capture::{BodyRx, RequestHead, empty_body};
+use crate::engine::compare::VerdictStats;
+use crate::engine::config::{Dest, TargetSpec};
+use crate::engine::ids::TargetId;
+use crate::engine::outcome::{DropReason, FailReason, Failure, Outcome, TargetStats};
+use crate::engine::report::ErrorLog;
+
+/// Per-target connection settings (from the http-level directives).
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    pub keepalive_timeout: Duration,
+    pub max_connections: usize,
+    /// `resolve=` looks names up in this hosts-format file instead of the system
+    /// resolver (set by test builds only).
+    pub hosts_file: Option<std::path::PathBuf>,
+}
+
+pub struct Target {
+    pub id: TargetId,
+    pub spec: TargetSpec,
+    pub stats: Arc<TargetStats>,
+    pub breaker: Arc<Breaker>,
+    /// Comparison verdicts, by endpoint and field.
+    pub verdicts: VerdictStats,
+    /// Copies in flight; a copy waits for a permit in the backlog.
+    pub inflight: Arc<Semaphore>,
+    pub(super) max_connections: usize,
+    pub(super) limits: Arc<Limits>,
+    pub(super) h1: IdlePool<http1::Conn>,
+    pub(super) h2: Option<http2::Pool>,
+    /// An `https://` target asked for HTTP/2 whose server chose HTTP/1.1 in ALPN.
+    pub(super) h1_only: AtomicBool,
+    pub(super) log: Arc<ErrorLog>,
+    /// `resolve=`: the name's current addresses.
+    pub resolver: Option<Arc<Resolver>>,
+}
+
+/// A registration for the target's next "a connection or stream may be free".
+pub(super) type Waiter<'a> = Pin<Box<tokio::sync::futures::Notified<'a>>>;
+
+/// How a copy's delivery ended without a response.
+pub(super) enum Miss {
+    Failed(Failure),
+    /// The breaker opened while the copy waited for a connection.
+    BreakerOpen,
+}
+
+impl From<Failure> for Miss {
+    fn from(f: Failure) -> Miss {
+        Miss::Failed(f)
+    }
+}
+
+/// Per-copy settings, from the location that made the copy.
+#[derive(Debug, Clone, Copy)]
+pub struct CopyOptions {
+    pub connect_timeout: Duration,
+    /// Whole exchange: sending the request to the last byte of the response.
+    pub timeout: Duration,
+    pub breaker: BreakerSettings,
+}
+
+/// One copy as the client sends it.
+pub struct Outgoing<'a> {
+    pub head: &'a Arc<RequestHead>,
+    /// For a URL with variables: where this copy goes.
+    pub dest: Option<&'a crate::engine::config::Dest>,
+    pub body: Option<BodyRx>,
+    pub opts: CopyOptions,
+    /// The breaker's probe goes even while the breaker is open.
+    pub probe: bool,
+}
+
+/// What a delivery needs besides the request.
+pub(super) struct Delivery<'a> {
+    pub(super) dest: &'a Dest,
+    pub(super) key: Key,
+    pub(super) opts: CopyOptions,
+    pub(super) probe: bool,
+    pub(super) deadline: Instant,
+    /// Response body bytes to keep (for comparison).
+    pub(super) keep: usize,
+    /// `resolve=`: the address picked for this copy.
+    pub(super) at: Option<std::net::SocketAddr>,
+}
+
+impl Target {
+    pub fn new(id: TargetId, spec: TargetSpec, settings: &ClientSettings, log: Arc<ErrorLog>) -> Target {
+        let max = settings.max_connections;
+        let resolver = match (&spec.dest, spec.resolve) {
+            (Some(d), Some(every)) if d.addr.is_none() => {
+                Some(Arc::new(Resolver::new(&d.url.host, d.url.port, every, settings.hosts_file.clone())))
+            }
+            _ => None,
+        };
+        let (limits, inflight, h2) = if spec.http2 {
+            let limits = Limits::new(max, 1);
+            let pool = http2::Pool::new(limits.clone(), settings.keepalive_timeout);
+            (limits, max.saturating_mul(http2::MAX_STREAMS), Some(pool))
+        } else {
+            (Limits::new(max, CONNECTS_IN_PROGRESS), max, None)
+        };
+        Target {
+            id,
+            spec,
+            stats: Arc::default(),
+            breaker: Arc::default(),
+            verdicts: VerdictStats::default(),
+            inflight: Arc::new(Semaphore::new(inflight)),
+            max_connections: max,
+            h1: IdlePool::new(limits.clone(), settings.keepalive_timeout),
+            h2,
+            h1_only: AtomicBool::new(false),
+            resolver,
+            limits,
+            log,
+        }
+    }
+
+    /// Closes idle connections past their keepalive timeout, or to an address the
+    /// target's name no longer resolves to.
+    pub fn sweep(&self) {
+        let keep = |key: &Key| self.resolver.as_ref().is_none_or(|r| r.keeps(key));
+        self.h1.sweep(keep);
+        if let Some(h2) = &self.h2 {
+            h2.sweep(keep);
+        }
+    }
+
+    /// Over HTTP/2, waits (in the backlog) until a copy would find a stream or room for
+    /// a connection; a copy in flight that waits for a stream holds far more memory than
+    /// one in the queue. Over HTTP/1.1 the in-flight permit is the whole limit.
+    pub async fn wait_for_room(&self) {
+        let Some(pool) = &self.h2 else { return };
+        let max_connections = self.max_connections;
+        let mut waiter: Option<Waiter<'_>> = None;
+        loop {
+            let inflight = self.stats.inflight.load(Ordering::Relaxed).max(0) as usize;
+            if self.h1_only.load(Ordering::Relaxed) || inflight < pool.budget(max_connections) {
+                return;
+            }
+            match waiter.take() {
+                None => waiter = Some(self.arm()),
+                Some(mut n) => {
+                    let _ = tokio::time::timeout(Duration::from_millis(10), n.as_mut()).await;
+                }
+            }
+        }
+    }
+
+    /// Registers for the next wake-up. A copy registers only when it is about to wait, and
+    /// looks again before it does, so a wake-up is neither missed nor taken by a copy
+    /// that is busy with its exchange.
+    pub(super) fn arm(&self) -> Waiter<'_> {
+        let mut n = Box::pin(self.limits.notify.notified());
+        n.as_mut().enable();
+        n
+    }
+
+    /// Connections open now, over every protocol.
+    pub fn connections(&self) -> usize {
+        self.limits.open()
+    }
+
+    /// Sends one departed copy, reads the whole response (keeping `keep` body bytes),
+    /// tells the breaker and returns the copy's outcome and, when the mirror answered,
+    /// its response (the caller holds an in-flight permit).
+    pub async fn deliver(
+        &self,
+        out: Outgoing<'_>,
+        keep: usize,
+        now_ms: impl Fn() -> u64,
+    ) -> (Outcome, Option<MirrorResponse>) {
+        let state = out.body.as_ref().map(|b| b.state.clone());
+        let body = out.body.map_or_else(empty_body, BodyRx::boxed);
+        let opts = out.opts;
+        let (dest, key) = match (out.dest, self.spec.dest.as_ref()) {
+            (Some(d), _) => (d, Some((d.url.host.clone(), d.url.port))),
+            (None, Some(d)) => (d, None),
+            (None, None) => return (Outcome::Failed(FailReason::Connect), None),
+        };
+        // `resolve=`: one of the name's current addresses, round-robin; connections are
+        // pooled per address.
+        let (at, key) = match &self.resolver {
+            None => (None, key),
+            Some(r) => match r.pick() {
+                Some(a) => (Some(a), Some((a.ip().to_string(), a.port()))),
+                None => {
+                    let host = &r.host;
+                    self.log.push(self.id, || {
+                        format!("copy failed (failed_connect): \"{host}\" has not resolved")
+                    });
+                    return (Outcome::Failed(FailReason::Connect), None);
+                }
+            },
+        };
+        let deadline = Instant::now() + opts.timeout;
+        let d = Delivery { dest, key, opts, probe: out.probe, deadline, keep, at };
+        let result = if self.h2.is_some() && !self.h1_only.load(Ordering::Relaxed) {
+            // Without a body, a stream the server did not process can be sent again.
+            let again = state.is_none().then(|| out.head.clone());
+            self.send_h2(out.head.to_h2_request(dest, body), &d, again, &now_ms).await
+        } else {
+            self.send_h1(out.head.to_request(dest, body), &d, &now_ms).await
+        };
+        // A body that ended early decides the outcome and says nothing about the mirror.
+        if let Some(why) = state.and_then(|s| s.aborted()) {
+            return (why.outcome(), None);
+        }
+        let resp = match result {
+            Ok(resp) => {
+                self.breaker.success();
+                return (resp.outcome(), Some(resp));
+            }
+            Err(e) => e,
+        };
+        let outcome = match resp {
+            Miss::BreakerOpen => Outcome::Dropped(DropReason::BreakerOpen),
+            Miss::Failed(Failure { reason, detail }) => {
+                let outcome = Outcome::Failed(reason);
+                self.log.push(self.id, || format!("copy failed ({outcome}): {detail}"));
+                if self.breaker.failure(now_ms(), opts.breaker) {
+                    let (n, t) = (opts.breaker.max_fails, opts.breaker.fail_timeout);
+                    self.log.push(self.id, || format!("{n} consecutive failures, target skipped for {t:?}"));
+                    // Copies waiting for a connection give up now.
+                    self.limits.notify.notify_waiters();
+                }
+                outcome
+            }
+        };
+        (outcome, None)
+    }
+
+    /// Waits until a connection or stream may be free; `Err` when the copy should stop.
+    pub(super) async fn wait(
+        &self,
+        notified: Pin<&mut tokio::sync::futures::Notified<'_>>,
+        d: &Delivery<'_>,
+        now_ms: &impl Fn() -> u64,
+    ) -> Result<(), Miss> {
+        if !d.probe && d.opts.breaker.max_fails > 0 && self.breaker.still_open(now_ms()) {
+            return Err(Miss::BreakerOpen);
+        }
+        let left = d.deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, notified).await {
+            Ok(()) => Ok(()),
+            Err(_) => Err(Miss::Failed(Failure::new(
+                FailReason::Timeout,
+                "no connection to the mirror became free in time",
+            ))),
+        }
+    }
+}

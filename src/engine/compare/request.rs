@@ -1,0 +1,57 @@
+//! One request's comparison as the nginx thread starts it: the endpoint label, the
+//! primary's latch (its capture is made with the first compared copy) and the
+//! baseline's. The nginx layer makes one of these per compared request and asks it for
+//! each copy's part; it never handles latches itself.
+
+use std::sync::Arc;
+
+use super::fields::CompareSettings;
+use super::join::{BaselineState, Comparison, Primary, PrimaryCapture, Role, primary_channel};
+use super::latch::{Latch, Setter, latch};
+use super::verdict::bounded_name;
+use crate::engine::capture::{Backlog, Charge};
+
+pub struct RequestComparison {
+    settings: Arc<CompareSettings>,
+    endpoint: String,
+    primary: Option<Latch<Arc<Primary>>>,
+    baseline_tx: Option<Setter<BaselineState>>,
+    baseline_rx: Option<Latch<BaselineState>>,
+}
+
+impl RequestComparison {
+    /// `endpoint` is the label (`async_mirror_compare_key`, or the location's name), cut to
+    /// its bound; `baseline` whether the location has a baseline target.
+    pub fn new(settings: &Arc<CompareSettings>, endpoint: &[u8], baseline: bool) -> RequestComparison {
+        let endpoint = bounded_name(&String::from_utf8_lossy(endpoint)).to_string();
+        let (baseline_tx, baseline_rx) = match baseline {
+            true => {
+                let (tx, rx) = latch();
+                (Some(tx), Some(rx))
+            }
+            false => (None, None),
+        };
+        RequestComparison { settings: settings.clone(), endpoint, primary: None, baseline_tx, baseline_rx }
+    }
+
+    /// The comparison part of one copy. The first one also returns the capture the
+    /// response filters feed (charged to `backlog`): keep it with the request.
+    pub fn part(&mut self, backlog: &Arc<Backlog>, baseline: bool) -> (Comparison, Option<PrimaryCapture>) {
+        let mut capture = None;
+        let primary = self
+            .primary
+            .get_or_insert_with(|| {
+                let (tx, rx) = primary_channel();
+                capture = Some(PrimaryCapture::new(tx, self.settings.clone(), Charge::new(backlog)));
+                rx
+            })
+            .clone();
+        let role = match self.baseline_tx.take_if(|_| baseline) {
+            Some(tx) => Role::Baseline(tx),
+            None => Role::Candidate(self.baseline_rx.clone()),
+        };
+        let part =
+            Comparison { settings: self.settings.clone(), endpoint: self.endpoint.clone(), primary, role };
+        (part, capture)
+    }
+}

@@ -1,0 +1,308 @@
+//! One request's copies on the nginx thread: which targets get a copy (paused, sampled
+//! out, rate limited, refused or admitted), the head captured once for all of them,
+//! their body streams, their comparison parts, the copies held for the primary's status,
+//! and what `$async_mirror_outcome` says of each. The nginx layer keeps one
+//! [`RequestCopies`] per request and answers [`RequestView`]'s questions.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::admission::MirrorCopy;
+use super::lane::Lanes;
+use super::select::{Selection, key_bucket};
+use crate::engine::capture::{BodyAbort, BodyTx, CaptureError, RequestHead};
+use crate::engine::client::CopyOptions;
+use crate::engine::compare::{CompareSettings, PrimaryCapture, RequestComparison};
+use crate::engine::config::{Dest, PathKind, parse_dest};
+use crate::engine::ids::{RateId, TargetId};
+use crate::engine::outcome::{DropReason, Fate, Outcome};
+use crate::engine::report::Record;
+
+/// One `async_mirror` line as a location uses it.
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    pub target: TargetId,
+    /// Fraction of requests copied, in parts per million.
+    pub sample_ppm: u32,
+    /// `key=`: sampling is consistent on the key's value instead of random.
+    pub keyed: bool,
+    /// A URL with variables, and what its evaluated path is.
+    pub template: Option<PathKind>,
+    pub rate: Option<RateId>,
+    /// `baseline`: runs production's version; its differences are the noise floor.
+    pub baseline: bool,
+}
+
+/// What the location says about every copy it makes.
+#[derive(Debug, Clone, Copy)]
+pub struct Location<'a> {
+    pub opts: CopyOptions,
+    /// `async_mirror_body`.
+    pub body: bool,
+    pub body_max_size: u64,
+    /// `async_mirror_primary_status`: copies wait for one of these statuses.
+    pub held: Option<&'a [(u16, u16)]>,
+    pub compare: Option<&'a Arc<CompareSettings>>,
+    /// `async_mirror_log`, when its `if=` holds for this request.
+    pub log: Option<usize>,
+}
+
+/// What the nginx layer read off the request before any copy.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Facts {
+    /// `Content-Length`, when the client sent one above zero.
+    pub length: Option<u64>,
+    pub has_body: bool,
+    /// Not copyable at all (the loop guard, Upgrade, a body something else already read).
+    pub skip: bool,
+}
+
+/// What the engine asks of the request while deciding; the nginx layer evaluates
+/// variables only when asked, so a sampled-out request evaluates none.
+pub trait RequestView {
+    fn method(&self) -> &[u8];
+    /// `$request_uri`.
+    fn uri(&self) -> &[u8];
+    /// The `key=` of the `line`-th route, evaluated.
+    fn key(&self, line: usize) -> &[u8];
+    /// The URL of the `line`-th route, its variables evaluated.
+    fn url(&self, line: usize) -> &[u8];
+    /// The head every copy of this request sends; `no_body` says the copy has none.
+    ///
+    /// # Errors
+    /// When the request cannot be expressed as a valid copy.
+    fn capture(&self, no_body: bool) -> Result<RequestHead, CaptureError>;
+    /// The endpoint label of a compared request.
+    fn endpoint(&self) -> &[u8];
+}
+
+/// One request's copies, kept with the request for as long as it lives. Dropped with it:
+/// a body that never finished aborts its copies, an unfinished primary answer tells the
+/// comparisons it is incomplete, held copies are discarded.
+#[derive(Default)]
+pub struct RequestCopies {
+    fates: Vec<Fate>,
+    /// The fates joined by commas, for the variable.
+    variable: String,
+    bodies: Vec<BodyTx>,
+    /// The primary's answer as the response filters capture it (comparison on).
+    primary: Option<PrimaryCapture>,
+    /// Copies waiting for the primary's status, with their place among the fates.
+    held: Vec<(usize, MirrorCopy)>,
+    held_statuses: Vec<(u16, u16)>,
+}
+
+/// The per-request decisions that do not change from target to target.
+struct Decision<'a, V: RequestView> {
+    loc: &'a Location<'a>,
+    facts: &'a Facts,
+    view: &'a V,
+    stream_body: bool,
+    too_large: bool,
+    head: Option<Result<Arc<RequestHead>, CaptureError>>,
+    comparison: Option<RequestComparison>,
+    now: Instant,
+}
+
+impl RequestCopies {
+    /// Decides and queues one copy per route of a client request (called once per request).
+    /// `routes` are the location's lines, each with its place among them (what
+    /// [`RequestView::key`] and [`RequestView::url`] are asked about).
+    pub fn decide<V: RequestView>(
+        &mut self,
+        routes: impl Iterator<Item = (usize, Route)> + Clone,
+        loc: &Location<'_>,
+        facts: &Facts,
+        view: &V,
+        lanes: &Lanes,
+        select: &mut Selection,
+    ) {
+        let stream_body = facts.has_body && loc.body;
+        let mut d = Decision {
+            loc,
+            facts,
+            view,
+            stream_body,
+            too_large: stream_body && facts.length.is_some_and(|l| l > loc.body_max_size),
+            head: None,
+            comparison: None,
+            now: Instant::now(),
+        };
+        if let Some(held) = loc.held {
+            self.held_statuses = held.to_vec();
+        }
+        let has_baseline = routes.clone().any(|(_, r)| r.baseline);
+        for (line, route) in routes {
+            let fate = self.offer(&mut d, line, &route, has_baseline, lanes, select);
+            self.push(fate);
+        }
+    }
+
+    /// One route's copy: its fate as the variable will show it.
+    fn offer<V: RequestView>(
+        &mut self,
+        d: &mut Decision<'_, V>,
+        line: usize,
+        route: &Route,
+        has_baseline: bool,
+        lanes: &Lanes,
+        select: &mut Selection,
+    ) -> Fate {
+        let Some(target) = lanes.target(route.target) else { return Fate::Ended(Outcome::Skipped) };
+        let url = &target.spec.url;
+        let keyed = || route.keyed.then(|| key_bucket(url, d.view.key(line)));
+        if let Some(fate) = select.pass(route.target, route.sample_ppm, keyed) {
+            return fate;
+        }
+        let mut dest = None;
+        let early = d.early(line, route, target.spec.https, &mut dest).and_then(|()| match route.rate {
+            Some(rate) if !select.take_token(rate, d.now) => Err(Outcome::Dropped(DropReason::RateLimited)),
+            _ => Ok(()),
+        });
+        let held = d.loc.held.is_some();
+        let refused = |outcome: Outcome| {
+            if let Some(l) = d.loc.log {
+                lanes.logs.copies.push(l, &Record::new(url, d.view.method(), d.view.uri(), outcome));
+            }
+            Fate::Ended(outcome)
+        };
+        let admission = match lanes.admit(route.target, early, d.loc.opts, held) {
+            Ok(a) => a,
+            Err(outcome) => return refused(outcome),
+        };
+        let no_body = d.facts.has_body && !d.stream_body;
+        let head = d.head.get_or_insert_with(|| d.view.capture(no_body).map(Arc::new));
+        let Ok(head) = head.as_ref().map(Arc::clone) else { return refused(admission.end(Outcome::Skipped)) };
+        let body = d.stream_body.then(|| {
+            let (tx, rx) = lanes.body_channel(d.loc.body_max_size, d.facts.length);
+            self.bodies.push(tx);
+            rx
+        });
+        let mut copy = match admission.into_copy(head, dest, body) {
+            Ok(copy) => copy,
+            Err(outcome) => return refused(outcome),
+        };
+        copy.log = d.loc.log;
+        if let Some(settings) = d.loc.compare {
+            let comparison = d
+                .comparison
+                .get_or_insert_with(|| RequestComparison::new(settings, d.view.endpoint(), has_baseline));
+            let (part, capture) = comparison.part(&lanes.backlog, route.baseline);
+            copy.compare = Some(part);
+            if capture.is_some() {
+                self.primary = capture;
+            }
+        }
+        if held {
+            self.held.push((self.fates.len(), copy));
+            return Fate::Held;
+        }
+        match lanes.submit(copy) {
+            Ok(()) => Fate::Queued,
+            Err(outcome) => refused(outcome),
+        }
+    }
+
+    fn push(&mut self, fate: Fate) {
+        if !self.fates.is_empty() {
+            self.variable.push(',');
+        }
+        self.variable.push_str(fate.variable());
+        self.fates.push(fate);
+    }
+
+    fn set(&mut self, i: usize, fate: Fate) {
+        if let Some(f) = self.fates.get_mut(i) {
+            *f = fate;
+            let words: Vec<&str> = self.fates.iter().map(|f| f.variable()).collect();
+            self.variable = words.join(",");
+        }
+    }
+
+    /// `$async_mirror_outcome`: one word per route, e.g. `queued,sampled_out`.
+    pub fn variable(&self) -> &str {
+        &self.variable
+    }
+
+    /// Whether the request body filter has copies to feed.
+    pub fn wants_body(&self) -> bool {
+        !self.bodies.is_empty()
+    }
+
+    /// A chunk of the body as nginx read it, to every copy still streaming.
+    pub fn body_chunk(&mut self, chunk: &[u8]) {
+        let chunk = Bytes::copy_from_slice(chunk);
+        for tx in &mut self.bodies {
+            if tx.is_open() {
+                let _ = tx.send(&chunk);
+            }
+        }
+    }
+
+    /// Body data went by that the filter cannot see (in a file): the copies would be incomplete.
+    pub fn body_unseen(&mut self) {
+        for tx in &mut self.bodies {
+            tx.abort(BodyAbort::Incomplete);
+        }
+    }
+
+    /// The whole body went by: the copies' streams end cleanly.
+    pub fn body_complete(&mut self) {
+        for tx in self.bodies.drain(..) {
+            tx.finish();
+        }
+    }
+
+    /// The primary's answer being captured, when the request is compared.
+    pub fn primary(&mut self) -> Option<&mut PrimaryCapture> {
+        self.primary.as_mut()
+    }
+
+    /// Whether copies wait for the primary's status.
+    pub fn holds(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// The primary's status is known: held copies go, or are discarded (not copies, not
+    /// counted, like `sampled_out`).
+    pub fn release_held(&mut self, status: u16, lanes: &Lanes) {
+        if self.held.is_empty() {
+            return;
+        }
+        let go = self.held_statuses.iter().any(|&(lo, hi)| (lo..=hi).contains(&status));
+        for (i, mut copy) in std::mem::take(&mut self.held) {
+            if !go {
+                copy.discard();
+                self.set(i, Fate::PrimaryStatus);
+                continue;
+            }
+            copy.confirm();
+            let fate = match lanes.submit(copy) {
+                Ok(()) => Fate::Queued,
+                Err(outcome) => Fate::Ended(outcome),
+            };
+            self.set(i, fate);
+        }
+    }
+}
+
+impl<V: RequestView> Decision<'_, V> {
+    /// The checks made for one target before anything is captured.
+    fn early(&self, line: usize, route: &Route, https: bool, dest: &mut Option<Dest>) -> Result<(), Outcome> {
+        if self.facts.skip {
+            return Err(Outcome::Skipped);
+        }
+        // A URL with variables is evaluated here, on the nginx thread; one that is empty
+        // or not a URL of the template's scheme is not copied.
+        if let Some(kind) = route.template {
+            let url = std::str::from_utf8(self.view.url(line)).unwrap_or("");
+            *dest = Some(parse_dest(url, https, kind).map_err(|_| Outcome::Skipped)?);
+        }
+        if self.too_large {
+            return Err(Outcome::Dropped(DropReason::BodyTooLarge));
+        }
+        Ok(())
+    }
+}
