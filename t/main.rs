@@ -11,6 +11,7 @@ mod compare;
 mod conf_errors;
 mod copylog;
 mod hostile;
+mod layout;
 mod mirror;
 mod observability;
 mod resolve;

@@ -262,3 +262,58 @@ fn panic_in_handler_is_contained() {
     let log = ng.quit_allowing(&["[alert]", "panicked"]);
     assert!(log.contains("async_mirror: panic in request handler"), "{log}");
 }
+
+/// The zone sums both workers' counters, and keeps them across a reload.
+#[test]
+fn status_sums_workers_and_survives_reload() {
+    let sink = Sink::start();
+    let refused = format!("http://127.0.0.1:{}", refused_port());
+    let locations = format!("location / {{ async_mirror {}; async_mirror {refused}; {PROXY} }}", sink.url());
+    let ng = Nginx::start("status", 2, "", &front(&locations, "async_mirror_zone mirror_stats 1m;"));
+    for i in 0..200 {
+        assert_eq!(get_once(ng.port, &format!("/s{i}")).unwrap().status, 200);
+    }
+    let attempted = "nginx_async_mirror_copies_attempted_total";
+    let settled = |m: &Metrics| {
+        [sink.url(), refused.clone()]
+            .iter()
+            .all(|t| metric(m, attempted, t, "") == 200 && copies_sum(m, t) == 200)
+    };
+    let mut m = scrape(ng.port);
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            m = scrape(ng.port);
+            settled(&m)
+        }),
+        "counters never added up: {m:?}"
+    );
+    assert_eq!(metric(&m, "nginx_async_mirror_copies_total", &sink.url(), "ok"), 200);
+    let fails = metric(&m, "nginx_async_mirror_copies_total", &refused, "failed:connect");
+    let open = metric(&m, "nginx_async_mirror_copies_total", &refused, "dropped:breaker_open");
+    assert_eq!(fails + open, 200, "{m:?}");
+    // 3 failures per worker open the breaker; copies already in flight (at most
+    // async_mirror_max_connections per worker) may fail too.
+    assert!(
+        fails <= 2 * (3 + 32) && open >= 100,
+        "the breaker should stop connects: {fails} failed, {open} dropped"
+    );
+    assert!(metric(&m, "nginx_async_mirror_connections_opened_total", &sink.url(), "") <= 64);
+    assert_eq!(metric(&m, "nginx_async_mirror_duration_seconds", &sink.url(), ""), 200);
+
+    let json = fetch(ng.port, "/status?format=json");
+    assert!(json.starts_with("{\"shared\":true,"), "{json}");
+    assert!(json.contains("\"attempted\":200"), "{json}");
+
+    ng.reload();
+    for i in 0..10 {
+        assert_eq!(get_once(ng.port, &format!("/after{i}")).unwrap().status, 200);
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            m = scrape(ng.port);
+            metric(&m, attempted, &sink.url(), "") == 210 && copies_sum(&m, &sink.url()) == 210
+        }),
+        "counters lost across reload: {m:?}"
+    );
+    ng.quit();
+}

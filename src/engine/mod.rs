@@ -18,6 +18,7 @@ pub mod compare;
 pub mod config;
 pub mod control;
 pub mod copy;
+pub mod error_log;
 pub mod ids;
 pub mod outcome;
 pub mod report;

@@ -8,14 +8,15 @@ use std::time::{Duration, Instant};
 
 use tokio::runtime::Runtime;
 
-use super::capture::Backlog;
-use super::client::{ClientSettings, Target};
-use super::compare::{EndpointCounts, MismatchLog};
-use super::config::TargetSpec;
-use super::copy::{Lanes, Logs};
-use super::ids::{Table, TargetId};
-use super::outcome::{Gauges, TargetStats};
-use super::report::{CopyLog, ErrorLog};
+use crate::engine::capture::Backlog;
+use crate::engine::client::{ClientSettings, Target};
+use crate::engine::compare::{EndpointCounts, MismatchLog};
+use crate::engine::config::TargetSpec;
+use crate::engine::copy::{Lanes, Logs};
+use crate::engine::error_log::ErrorLog;
+use crate::engine::ids::{Table, TargetId};
+use crate::engine::outcome::{Gauges, TargetStats};
+use crate::engine::report::CopyLog;
 
 /// Worker-wide settings from the http-level directives.
 #[derive(Debug, Clone)]
@@ -103,7 +104,7 @@ impl Engine {
 
     /// Comparison counters of target `id`; `None` while a runtime thread updates them.
     pub fn verdicts(&self, id: TargetId) -> Option<Vec<EndpointCounts>> {
-        self.lanes.target(id).and_then(|t| t.verdicts.try_snapshot())
+        self.lanes.verdicts(id)
     }
 
     pub fn spec(&self, id: TargetId) -> Option<&TargetSpec> {

@@ -11,9 +11,9 @@ use ngx::ffi::{
 use super::conf::{MainConf, Registered};
 use super::log;
 use super::process::with_worker;
-use super::request::str_bytes;
 use super::shm;
 use super::status_handler::send;
+use super::strings::str_bytes;
 use crate::engine::control::{self, Override, TargetView, Targets};
 use crate::engine::outcome::{Outcome, slot};
 use crate::engine::zone::ZoneTable;

@@ -7,7 +7,7 @@ use super::conf::{LocConf, Registered};
 use super::ctx::RequestCtx;
 use super::log;
 use super::process::with_worker;
-use super::request::{HeaderIter, eval, str_bytes};
+use super::strings::{HeaderIter, eval, str_bytes};
 use crate::engine::capture::{CaptureError, HeaderEdits, RequestHead};
 use crate::engine::copy::{Facts, RequestView};
 use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};

@@ -80,7 +80,7 @@ pub unsafe extern "C" fn init_process<M: Registered>(cycle: *mut ngx_cycle_t) ->
         {
             // SAFETY: nginx passes the new, valid cycle; read-only.
             let prefix = unsafe { (*cycle).conf_prefix };
-            let dir = String::from_utf8_lossy(super::request::str_bytes(&prefix)).into_owned();
+            let dir = String::from_utf8_lossy(super::strings::str_bytes(&prefix)).into_owned();
             let hosts = std::path::Path::new(&dir).join("hosts");
             settings.client.hosts_file = hosts.exists().then_some(hosts);
         }

@@ -18,7 +18,7 @@ use super::conf::RESPONSE_FILTERS;
 use super::ctx::RequestCtx;
 use super::log;
 use super::process::with_worker;
-use super::request::{HeaderIter, str_bytes};
+use super::strings::{HeaderIter, str_bytes};
 
 /// The filters that were at the top before ours; set once in postconfiguration.
 pub static mut NEXT_HEADER: ngx_http_output_header_filter_pt = None;

@@ -89,7 +89,7 @@ unsafe fn view(header: NonNull<Header>, capacity: usize, endpoints: usize) -> Zo
 fn test_layout(layout: u64) -> u64 {
     // SAFETY: ngx_cycle is valid while configuration is loaded; read-only.
     let prefix = unsafe { (*ngx::ffi::ngx_cycle).conf_prefix };
-    let dir = String::from_utf8_lossy(super::request::str_bytes(&prefix)).into_owned();
+    let dir = String::from_utf8_lossy(super::strings::str_bytes(&prefix)).into_owned();
     match std::fs::read_to_string(std::path::Path::new(&dir).join("zone-layout")) {
         Ok(s) => (layout & !0xffff_ffff) | s.trim().parse::<u64>().unwrap_or(0),
         Err(_) => layout,
@@ -107,7 +107,7 @@ pub unsafe extern "C" fn init_zone(shm: *mut ngx_shm_zone_t, _old: *mut c_void) 
         // SAFETY: nginx passes the zone it mapped; data was set to our MainConf by the directive.
         let (zone_ref, mc) = unsafe { (&*shm, &*(*shm).data.cast::<MainConf>()) };
         let log = zone_ref.shm.log;
-        let name = String::from_utf8_lossy(super::request::str_bytes(&zone_ref.shm.name)).into_owned();
+        let name = String::from_utf8_lossy(super::strings::str_bytes(&zone_ref.shm.name)).into_owned();
         // A reused zone (same name and size across a reload) keeps its table and counters.
         // SAFETY: nginx initialised the zone's slab pool before calling init.
         let found = match unsafe { find(shm) } {

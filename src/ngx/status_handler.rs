@@ -8,7 +8,7 @@ use ngx::ffi::{
 
 use super::log;
 use super::process::with_worker;
-use super::request::{HeaderIter, str_bytes};
+use super::strings::{HeaderIter, str_bytes};
 use crate::engine::Engine;
 use crate::engine::compare::{EndpointCounts, Mismatch};
 use crate::engine::ids::TargetId;

@@ -16,7 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::timeout;
 
 use super::connect::{Stream, exchange_failure};
-use super::limits::{ConnSlot, Key, Limits};
+use super::limits::{ConnSlot, DestKey, Limits};
 use super::preface::{Preface, Sniff};
 use super::response::MirrorResponse;
 use crate::engine::capture::CopyBody;
@@ -27,7 +27,7 @@ pub const MAX_STREAMS: usize = 256;
 
 pub struct Conn {
     sender: SendRequest<CopyBody>,
-    key: Key,
+    key: DestKey,
     active: AtomicUsize,
     preface: Arc<Preface>,
     /// Milliseconds since the pool's epoch when the last stream ended.
@@ -63,7 +63,7 @@ impl Conn {
 /// `failed{connect}`: the handshake failed, or the peer does not speak HTTP/2.
 pub async fn handshake(
     io: Stream,
-    key: Key,
+    key: DestKey,
     slot: ConnSlot,
     limit: Duration,
     who: &str,
@@ -132,7 +132,7 @@ impl Pool {
 
     /// A free stream to `key` on an existing connection. Connections are filled in the
     /// order they were opened, so a lull lets the newest ones go idle and close.
-    pub fn lease(&self, key: &Key) -> Option<Lease> {
+    pub fn lease(&self, key: &DestKey) -> Option<Lease> {
         let conns = self.conns.lock().ok()?;
         let conn = conns.iter().find(|c| c.key == *key && c.try_stream())?.clone();
         Some(Lease { conn, limits: self.limits.clone(), epoch: self.epoch })
@@ -152,7 +152,7 @@ impl Pool {
 
     /// Closes connections idle past the keepalive timeout (or idle to a destination `keep`
     /// no longer wants) and forgets closed ones.
-    pub fn sweep(&self, keep: impl Fn(&Key) -> bool) {
+    pub fn sweep(&self, keep: impl Fn(&DestKey) -> bool) {
         let now = self.epoch.elapsed().as_millis() as u64;
         let ttl = self.keepalive.as_millis() as u64;
         if let Ok(mut conns) = self.conns.lock() {

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::limits::{ConnSlot, Key, Limits};
+use super::limits::{ConnSlot, DestKey, Limits};
 
 /// What the pool needs to know about a connection.
 pub trait Connection: Send + 'static {
@@ -18,7 +18,7 @@ pub trait Connection: Send + 'static {
 /// A connection together with its place in the pool.
 pub struct Pooled<C> {
     pub conn: C,
-    pub key: Key,
+    pub key: DestKey,
     _slot: ConnSlot,
 }
 
@@ -50,7 +50,7 @@ impl<C: Connection> IdlePool<C> {
 
     /// An idle connection to `key`, or (when `may_open`) room for a new one. At the cap,
     /// an idle connection to another destination is closed to make room.
-    pub fn checkout(&self, key: &Key, may_open: bool) -> Checkout<C> {
+    pub fn checkout(&self, key: &DestKey, may_open: bool) -> Checkout<C> {
         let Ok(mut idle) = self.idle.lock() else { return Checkout::Full };
         self.prune(&mut idle);
         // Newest first: it is the least likely to have been closed by the peer.
@@ -73,7 +73,7 @@ impl<C: Connection> IdlePool<C> {
     }
 
     /// A new connection takes the place reserved for it.
-    pub fn attach(conn: C, key: Key, slot: ConnSlot) -> Pooled<C> {
+    pub fn attach(conn: C, key: DestKey, slot: ConnSlot) -> Pooled<C> {
         Pooled { conn, key, _slot: slot }
     }
 
@@ -87,7 +87,7 @@ impl<C: Connection> IdlePool<C> {
 
     /// Closes idle connections past the keepalive timeout, closed by the peer, or whose
     /// destination `keep` no longer wants.
-    pub fn sweep(&self, keep: impl Fn(&Key) -> bool) {
+    pub fn sweep(&self, keep: impl Fn(&DestKey) -> bool) {
         if let Ok(mut idle) = self.idle.lock() {
             self.prune(&mut idle);
             idle.retain(|i| keep(&i.conn.key));
@@ -123,11 +123,11 @@ mod tests {
         }
     }
 
-    fn key(h: &str) -> Key {
+    fn key(h: &str) -> DestKey {
         Some((h.to_string(), 80))
     }
 
-    fn open(pool: &IdlePool<Fake>, k: &Key) -> (Pooled<Fake>, Arc<AtomicBool>) {
+    fn open(pool: &IdlePool<Fake>, k: &DestKey) -> (Pooled<Fake>, Arc<AtomicBool>) {
         let Checkout::Room(slot) = pool.checkout(k, true) else { panic!("no room") };
         let closed = Arc::new(AtomicBool::new(false));
         (IdlePool::attach(Fake(closed.clone()), k.clone(), slot), closed)

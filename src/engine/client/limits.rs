@@ -59,7 +59,7 @@ impl Limits {
 
 /// Where a connection goes: `None` for a target whose every copy goes to the same place,
 /// else the host as evaluated and the port (URLs with variables).
-pub type Key = Option<(String, u16)>;
+pub type DestKey = Option<(String, u16)>;
 
 /// One of the target's places for an open connection, held as long as the connection is;
 /// dropping it frees the place.

@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::limits::Key;
+use super::limits::DestKey;
+use crate::engine::error_log::ErrorLog;
 use crate::engine::ids::TargetId;
-use crate::engine::report::ErrorLog;
 
 /// A lookup that takes longer than this fails (and the last good set stays).
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -120,7 +120,7 @@ impl Resolver {
     }
 
     /// Whether a connection keyed `key` still goes to an address of the set.
-    pub fn keeps(&self, key: &Key) -> bool {
+    pub fn keeps(&self, key: &DestKey) -> bool {
         let Some((ip, port)) = key else { return true };
         self.current().iter().any(|a| a.port() == *port && a.ip().to_string() == *ip)
     }

@@ -19,15 +19,14 @@ use super::breaker::{Breaker, BreakerSettings};
 use super::http1;
 use super::http2;
 use super::idle::IdlePool;
-use super::limits::{CONNECTS_IN_PROGRESS, Key, Limits};
+use super::limits::{CONNECTS_IN_PROGRESS, DestKey, Limits};
 use super::resolve::Resolver;
 use super::response::MirrorResponse;
 use crate::engine::capture::{BodyRx, RequestHead, empty_body};
-use crate::engine::compare::VerdictStats;
 use crate::engine::config::{Dest, TargetSpec};
+use crate::engine::error_log::ErrorLog;
 use crate::engine::ids::TargetId;
 use crate::engine::outcome::{DropReason, FailReason, Failure, Outcome, TargetStats};
-use crate::engine::report::ErrorLog;
 
 /// Per-target connection settings (from the http-level directives).
 #[derive(Debug, Clone)]
@@ -44,8 +43,6 @@ pub struct Target {
     pub spec: TargetSpec,
     pub stats: Arc<TargetStats>,
     pub breaker: Arc<Breaker>,
-    /// Comparison verdicts, by endpoint and field.
-    pub verdicts: VerdictStats,
     /// Copies in flight; a copy waits for a permit in the backlog.
     pub inflight: Arc<Semaphore>,
     pub(super) max_connections: usize,
@@ -98,7 +95,7 @@ pub struct Outgoing<'a> {
 /// What a delivery needs besides the request.
 pub(super) struct Delivery<'a> {
     pub(super) dest: &'a Dest,
-    pub(super) key: Key,
+    pub(super) key: DestKey,
     pub(super) opts: CopyOptions,
     pub(super) probe: bool,
     pub(super) deadline: Instant,
@@ -129,7 +126,6 @@ impl Target {
             spec,
             stats: Arc::default(),
             breaker: Arc::default(),
-            verdicts: VerdictStats::default(),
             inflight: Arc::new(Semaphore::new(inflight)),
             max_connections: max,
             h1: IdlePool::new(limits.clone(), settings.keepalive_timeout),
@@ -144,7 +140,7 @@ impl Target {
     /// Closes idle connections past their keepalive timeout, or to an address the
     /// target's name no longer resolves to.
     pub fn sweep(&self) {
-        let keep = |key: &Key| self.resolver.as_ref().is_none_or(|r| r.keeps(key));
+        let keep = |key: &DestKey| self.resolver.as_ref().is_none_or(|r| r.keeps(key));
         self.h1.sweep(keep);
         if let Some(h2) = &self.h2 {
             h2.sweep(keep);

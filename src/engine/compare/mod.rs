@@ -8,14 +8,14 @@ mod json;
 mod json_diff;
 mod latch;
 mod mismatch_log;
-mod request;
+mod request_comparison;
 mod verdict;
 
 pub use fields::CompareSettings;
 pub use join::{Comparison, PrimaryCapture, Sinks};
 pub use json_diff::parse_json_path;
 pub use mismatch_log::{LINE_RESULTS, Mismatch, MismatchLog, iso8601};
-pub use request::RequestComparison;
+pub use request_comparison::RequestComparison;
 pub use verdict::{
     ENDPOINTS, EndpointCounts, FIELDS, NAME_MAX, OTHER, Side, Verdict, VerdictStats, merge_into,
 };

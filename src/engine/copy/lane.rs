@@ -13,12 +13,15 @@ use super::admission::{self, Admission, MirrorCopy};
 use super::life::{self, Logs};
 use crate::engine::capture::{Backlog, BodyRx, BodyTx, body_channel};
 use crate::engine::client::{Clock, CopyOptions, Target};
+use crate::engine::compare::{EndpointCounts, VerdictStats};
 use crate::engine::ids::{Table, TargetId};
 use crate::engine::outcome::{DropReason, Outcome, Ticket};
 
 /// A target and the channel to its lane.
 struct Lane {
     target: Arc<Target>,
+    /// Comparison verdicts of its copies, by endpoint and field.
+    verdicts: Arc<VerdictStats>,
     /// `None` once the engine is shutting down.
     tx: Option<UnboundedSender<MirrorCopy>>,
 }
@@ -40,9 +43,9 @@ impl Lanes {
     /// Adds a target's lane; its loop is what the caller must spawn on the runtime.
     pub fn add(&mut self, target: Arc<Target>) -> impl Future<Output = ()> + Send + 'static {
         let (tx, rx) = unbounded_channel();
-        let lane = run(target.clone(), rx, self.clock, self.logs.clone());
-        let id = self.lanes.push(Lane { target, tx: Some(tx) });
-        let _ = id;
+        let verdicts = Arc::new(VerdictStats::default());
+        let lane = run(target.clone(), verdicts.clone(), rx, self.clock, self.logs.clone());
+        self.lanes.push(Lane { target, verdicts, tx: Some(tx) });
         lane
     }
 
@@ -52,6 +55,11 @@ impl Lanes {
 
     pub fn target(&self, id: TargetId) -> Option<&Arc<Target>> {
         self.lanes.get(id).map(|l| &l.target)
+    }
+
+    /// Comparison counters of target `id`; `None` while a runtime thread updates them.
+    pub fn verdicts(&self, id: TargetId) -> Option<Vec<EndpointCounts>> {
+        self.lanes.get(id).and_then(|l| l.verdicts.try_snapshot())
     }
 
     /// The one admission path for a copy to target `id`; see [`admission::admit`]. A
@@ -143,7 +151,13 @@ impl Intake {
     }
 }
 
-async fn run(target: Arc<Target>, rx: UnboundedReceiver<MirrorCopy>, clock: Clock, logs: Logs) {
+async fn run(
+    target: Arc<Target>,
+    verdicts: Arc<VerdictStats>,
+    rx: UnboundedReceiver<MirrorCopy>,
+    clock: Clock,
+    logs: Logs,
+) {
     let mut intake = Intake { rx, busy_until: None, sweep: tokio::time::interval(Duration::from_secs(1)) };
     while let Some(copy) = intake.next(&target).await {
         // Waiting here keeps the copy in the backlog.
@@ -156,6 +170,6 @@ async fn run(target: Arc<Target>, rx: UnboundedReceiver<MirrorCopy>, clock: Cloc
             continue;
         };
         target.stats.inflight.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(life::fly(copy, target.clone(), permit, clock, logs.clone()));
+        tokio::spawn(life::fly(copy, target.clone(), verdicts.clone(), permit, clock, logs.clone()));
     }
 }

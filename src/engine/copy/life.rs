@@ -12,7 +12,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::admission::MirrorCopy;
 use crate::engine::capture::{Backlog, Charge};
 use crate::engine::client::{Clock, MirrorResponse, Outgoing, Target};
-use crate::engine::compare::{Comparison, MismatchLog, Sinks, Verdict};
+use crate::engine::compare::{Comparison, MismatchLog, Sinks, Verdict, VerdictStats};
 use crate::engine::outcome::{DropReason, Outcome};
 use crate::engine::report::{CopyLog, Record};
 
@@ -44,6 +44,7 @@ pub fn refused(
 pub async fn fly(
     mut copy: MirrorCopy,
     target: Arc<Target>,
+    verdicts: Arc<VerdictStats>,
     permit: OwnedSemaphorePermit,
     clock: Clock,
     logs: Logs,
@@ -76,7 +77,7 @@ pub async fn fly(
     record.duration = Some(took);
     record.body_bytes = Some(body_state.as_ref().map_or(0, |s| s.sent()));
     if let Some(c) = compare {
-        record.verdict = Some(join(c, resp, started + timeout, &target, &record, &logs).await);
+        record.verdict = Some(join(c, resp, started + timeout, &target, &verdicts, &record, &logs).await);
     }
     if let Some(l) = log {
         logs.copies.push(l, &record);
@@ -90,6 +91,7 @@ async fn join(
     mut resp: Option<MirrorResponse>,
     deadline: Instant,
     target: &Target,
+    verdicts: &VerdictStats,
     record: &Record<'_>,
     logs: &Logs,
 ) -> Verdict {
@@ -100,7 +102,7 @@ async fn join(
         }
     }
     let sinks = Sinks {
-        stats: &target.verdicts,
+        stats: verdicts,
         log: &logs.mismatch,
         target: &target.spec.url,
         method: &record.method,

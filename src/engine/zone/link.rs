@@ -6,11 +6,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::layout::{EndpointSlot, TargetSlot};
 use super::table::ZoneTable;
-use crate::engine::Engine;
 use crate::engine::compare::{EndpointCounts, Verdict};
 use crate::engine::control::Override;
 use crate::engine::ids::{Table, TargetId};
 use crate::engine::outcome::{CounterVec, Gauges, slot};
+use crate::engine::runtime::Engine;
 
 pub struct ZoneLink {
     pub table: ZoneTable<'static>,

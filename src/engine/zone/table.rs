@@ -298,7 +298,6 @@ mod tests {
         t.assign("http://b:1");
         std::thread::scope(|scope| {
             for w in 0..4 {
-                let t = t;
                 scope.spawn(move || {
                     for n in 0..50 {
                         let ep = t.endpoint_of(n % 2, &format!("/e{}", (n + w) % 40));
