@@ -7,7 +7,7 @@
 #   make test-distro  the integration tests against Debian's packaged nginx
 #   make test-docker  build docker/Dockerfile with local base images, run it, check copies
 #   make test-addon   build through nginx's ./configure --add-dynamic-module, run the tests with it
-#   make check        cargo fmt --check and clippy -D warnings
+#   make check        README/docs links, cargo fmt --check and clippy -D warnings
 #   make test-valgrind  body, reload and hostile-input tests with nginx under valgrind
 #   make deb          build/libnginx-mod-http-async-mirror_<version>_amd64.deb for Debian 12's nginx
 #   make test-deb     install it on Debian's nginx, mirror through it, purge it; lintian
@@ -148,6 +148,7 @@ unittest:
 
 # Quality gates: formatting, and clippy with warnings as errors, with and without the test hooks.
 check: deps
+	python3 tools/check-doc-links.py
 	$(CARGO) fmt --check
 	$(CARGO) clippy --$(PROFILE) --locked --all-targets --features test-hooks -- -D warnings
 	$(CARGO) clippy --$(PROFILE) --locked --lib -- -D warnings
