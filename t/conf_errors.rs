@@ -46,7 +46,9 @@ fn valid_configuration_passes() {
            location / { async_mirror http://localhost:3/prefix; async_mirror http://[::1]:4;
              async_mirror_set_header X-Shadow $host; async_mirror_if $arg_x;
              async_mirror_mark_header X-Copy; }
-           location /off { async_mirror off; async_mirror_mark_header off; }
+           location /off { async_mirror off; async_mirror_mark_header off; async_mirror_scrub_header off; }
+           location /vars { async_mirror http://$arg_h:7/v$uri hosts=a.internal:7,b.internal:7;
+             async_mirror_scrub_header Authorization Cookie X-Api-Key; }
            location /cmp { async_mirror http://127.0.0.1:5; async_mirror http://127.0.0.1:6 baseline;
              async_mirror_compare on; async_mirror_compare_headers Content-Type ETag;
              async_mirror_compare_ignore_json $.a $.b[3].c '$[\"x y\"]'; async_mirror_compare_max_body 1m;

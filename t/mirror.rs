@@ -314,8 +314,8 @@ fn variables_in_url_are_evaluated_per_request() {
     let sink = Sink::start();
     let port = sink.port;
     let locations = format!(
-        "location /port {{ async_mirror http://127.0.0.1:$arg_p; {PROXY} }}
-         location /name {{ async_mirror http://$arg_h:{port}/pre; {PROXY} }}
+        "location /port {{ async_mirror http://127.0.0.1:$arg_p hosts=127.0.0.1:{port}; {PROXY} }}
+         location /name {{ async_mirror http://$arg_h:{port}/pre hosts=localhost:{port}; {PROXY} }}
          location /path {{ async_mirror http://127.0.0.1:{port}/v$uri; {PROXY} }}"
     );
     let ng = Nginx::start("urlvars", 1, "", &front(&locations, ""));
@@ -326,6 +326,9 @@ fn variables_in_url_are_evaluated_per_request() {
         "/port?p=notaport".to_string(),
         "/name?h=localhost".to_string(),
         "/name?h=".to_string(),
+        // A client choosing where its copy goes: only the operator's hosts= are used.
+        "/name?h=127.0.0.2".to_string(),
+        format!("/port?p={}", port + 1),
         "/path/x?q=1".to_string(),
     ] {
         assert_eq!(c.get(&path).status, 200, "{path}");
@@ -340,7 +343,7 @@ fn variables_in_url_are_evaluated_per_request() {
     );
     let c = exit_counters(&log);
     let t = &c["http://127.0.0.1:$arg_p"];
-    assert_eq!((t["attempted"], t["ok"], t["skipped"]), (3, 1, 2), "{t:?}");
+    assert_eq!((t["attempted"], t["ok"], t["skipped"]), (4, 1, 3), "{t:?}");
     let t = &c[&format!("http://$arg_h:{port}/pre")];
-    assert_eq!((t["attempted"], t["ok"], t["skipped"]), (2, 1, 1), "{t:?}");
+    assert_eq!((t["attempted"], t["ok"], t["skipped"]), (3, 1, 2), "{t:?}");
 }

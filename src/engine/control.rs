@@ -31,10 +31,38 @@ pub struct TargetView {
     pub finished: u64,
 }
 
+impl Override {
+    /// The override as one word, so that it is read and changed whole in shared memory:
+    /// bits 0-1 paused (0 unset, 1 paused, 2 running), bit 2 whether a sample is set,
+    /// bits 32-63 the sample in ppm.
+    pub fn to_word(self) -> u64 {
+        let paused = match self.paused {
+            None => 0,
+            Some(true) => 1,
+            Some(false) => 2,
+        };
+        let sample = self.sample_ppm.map_or(0, |p| 4 | (u64::from(p) << 32));
+        paused | sample
+    }
+
+    pub fn from_word(w: u64) -> Override {
+        Override {
+            paused: match w & 3 {
+                1 => Some(true),
+                2 => Some(false),
+                _ => None,
+            },
+            sample_ppm: (w & 4 != 0).then_some((w >> 32) as u32),
+        }
+    }
+}
+
 /// Where the API reads and writes targets (the shared zone).
 pub trait Targets {
     fn list(&self) -> Vec<TargetView>;
-    fn set(&self, id: usize, ov: Override) -> bool;
+    /// Changes target `id`'s override as one step (two changes at once from two workers
+    /// both apply); the override it now has, or `None` without such a target.
+    fn update(&self, id: usize, change: &dyn Fn(Override) -> Override) -> Option<Override>;
 }
 
 pub struct Reply {
@@ -83,8 +111,9 @@ fn route(path: &str) -> Option<(Option<usize>, bool)> {
     }
 }
 
-/// Parses a PATCH body into the change it asks for.
-fn patch(body: &[u8], mut ov: Override) -> Result<Override, String> {
+/// Parses a PATCH body into the change it asks for: the fields it gives (the others stay).
+fn patch(body: &[u8]) -> Result<Override, String> {
+    let mut ov = Override::default();
     let doc: Value = serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
     let Value::Object(fields) = doc else { return Err("expected a JSON object".into()) };
     if fields.is_empty() {
@@ -137,17 +166,24 @@ pub fn handle(method: &str, path: &str, body: &[u8], write: bool, targets: &dyn 
     if !write {
         return error(403, "this API is read-only (async_mirror_api write=on allows changes)");
     }
-    let ov = if override_path {
+    let change = if override_path {
         Override::default()
     } else {
-        match patch(body, t.ov) {
-            Ok(ov) => ov,
+        match patch(body) {
+            Ok(change) => change,
             Err(e) => return error(400, &e),
         }
     };
-    if !targets.set(t.id, ov) {
+    let apply = |now: Override| match override_path {
+        true => Override::default(),
+        false => Override {
+            paused: change.paused.or(now.paused),
+            sample_ppm: change.sample_ppm.or(now.sample_ppm),
+        },
+    };
+    let Some(ov) = targets.update(t.id, &apply) else {
         return error(500, "the zone could not be updated");
-    }
+    };
     let mut now = t.clone();
     now.ov = ov;
     Reply { status: 200, body: view(&now).to_string() + "\n" }
@@ -165,8 +201,11 @@ mod tests {
             self.0.borrow().clone()
         }
 
-        fn set(&self, id: usize, ov: Override) -> bool {
-            self.0.borrow_mut().iter_mut().find(|t| t.id == id).map(|t| t.ov = ov).is_some()
+        fn update(&self, id: usize, change: &dyn Fn(Override) -> Override) -> Option<Override> {
+            let mut list = self.0.borrow_mut();
+            let t = list.iter_mut().find(|t| t.id == id)?;
+            t.ov = change(t.ov);
+            Some(t.ov)
         }
     }
 
@@ -200,6 +239,18 @@ mod tests {
         assert_eq!(json(&r)["sample"]["effective"][0], 12.5, "fields not given are kept");
         assert_eq!(handle("DELETE", "/api/targets/0/override", b"", true, &f).status, 200);
         assert_eq!(f.list()[0].ov, Override::default());
+    }
+
+    #[test]
+    fn overrides_are_one_word() {
+        for ov in [
+            Override::default(),
+            Override { paused: Some(true), sample_ppm: None },
+            Override { paused: Some(false), sample_ppm: Some(0) },
+            Override { paused: None, sample_ppm: Some(PPM) },
+        ] {
+            assert_eq!(Override::from_word(ov.to_word()), ov);
+        }
     }
 
     #[test]

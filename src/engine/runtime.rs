@@ -58,9 +58,12 @@ impl Engine {
         let logs = Logs {
             mismatch: Arc::new(MismatchLog::new(&settings.compare_logs)),
             copies: Arc::new(CopyLog::default()),
-            backlog: Backlog::new(settings.queue_size, settings.queue_bytes),
         };
-        let mut lanes = Lanes::new(logs.backlog.clone(), logs);
+        let mut lanes = Lanes::new(logs);
+        // Each target gets an equal share of the worker's backlog, so one target's slowness
+        // fills only its own share.
+        let n = specs.len().max(1);
+        let (jobs, bytes) = (settings.queue_size.div_ceil(n).max(1), settings.queue_bytes.div_ceil(n).max(1));
         for (id, spec) in specs.iter() {
             let target = Arc::new(Target::new(id, spec.clone(), &settings.client, error_log.clone()));
             if let Some(r) = target.resolver.clone() {
@@ -68,7 +71,7 @@ impl Engine {
                 // A changed set: idle connections to addresses that left are closed now.
                 runtime.spawn(r.run(id, error_log.clone(), move || t.sweep()));
             }
-            runtime.spawn(lanes.add(target));
+            runtime.spawn(lanes.add(target, Backlog::new(jobs, bytes)));
         }
         Ok(Engine { runtime: Some(runtime), lanes, error_log })
     }
@@ -112,11 +115,11 @@ impl Engine {
     }
 
     pub fn queued_bytes(&self) -> usize {
-        self.lanes.backlog.bytes()
+        self.lanes.queued().1
     }
 
     pub fn queued_jobs(&self) -> usize {
-        self.lanes.backlog.jobs()
+        self.lanes.queued().0
     }
 
     /// Waits (blocking the caller) until nothing is queued or in flight, or `limit` passes.
@@ -125,7 +128,7 @@ impl Engine {
         while Instant::now() < deadline {
             let inflight: i64 =
                 self.lanes.targets().map(|(_, t)| t.stats.inflight.load(Ordering::Relaxed)).sum();
-            if self.lanes.backlog.jobs() == 0 && inflight <= 0 {
+            if self.lanes.queued().0 == 0 && inflight <= 0 {
                 return;
             }
             std::thread::sleep(Duration::from_millis(5));

@@ -157,7 +157,7 @@ impl Targets for ZoneTargets<'_> {
             .collect()
     }
 
-    fn set(&self, id: usize, ov: Override) -> bool {
-        self.zone.set_override(id, ov)
+    fn update(&self, id: usize, change: &dyn Fn(Override) -> Override) -> Option<Override> {
+        self.zone.update_override(id, change)
     }
 }

@@ -10,6 +10,8 @@ use ngx::ffi::{NGX_ERROR, ngx_chain_t, ngx_http_request_body_filter_pt, ngx_http
 
 use super::ctx::RequestCtx;
 use super::log;
+use super::process::with_worker;
+use crate::engine::copy::{Lanes, RequestCopies};
 
 /// The filter that was at the top before ours; set once in postconfiguration.
 pub static mut NEXT: ngx_http_request_body_filter_pt = None;
@@ -32,13 +34,20 @@ pub unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, chain: *mut ngx
 /// # Safety
 /// `chain` is the (possibly empty) chain nginx passes to request body filters, on the
 /// nginx thread, while nothing else holds the request's context.
-unsafe fn tee(main: &ngx_http_request_t, mut chain: *mut ngx_chain_t) {
+unsafe fn tee(main: &ngx_http_request_t, chain: *mut ngx_chain_t) {
     // SAFETY: per the contract.
     let Some(ctx) = (unsafe { RequestCtx::find_mut(main) }) else { return };
     let copies = &mut ctx.copies;
     if !copies.wants_body() {
         return;
     }
+    // SAFETY: per the contract.
+    with_worker(|w| unsafe { feed(copies, w.engine.lanes(), chain) });
+}
+
+/// # Safety
+/// As [`tee`].
+unsafe fn feed(copies: &mut RequestCopies, lanes: &Lanes, mut chain: *mut ngx_chain_t) {
     // SAFETY: chain links and buffers are valid for this call.
     while let Some(cl) = unsafe { chain.as_ref() } {
         let Some(b) = (unsafe { cl.buf.as_ref() }) else { break };
@@ -46,13 +55,13 @@ unsafe fn tee(main: &ngx_http_request_t, mut chain: *mut ngx_chain_t) {
         if in_memory && b.last > b.pos {
             let len = b.last as usize - b.pos as usize;
             // SAFETY: pos..last is the buffer's unread data.
-            copies.body_chunk(unsafe { std::slice::from_raw_parts(b.pos, len) });
+            copies.body_chunk(unsafe { std::slice::from_raw_parts(b.pos, len) }, lanes);
         } else if !in_memory && b.in_file() != 0 && b.file_last > b.file_pos {
             // Data we cannot see: the copy would be incomplete.
             copies.body_unseen();
         }
         if b.last_buf() != 0 {
-            copies.body_complete();
+            copies.body_complete(lanes);
             return;
         }
         chain = cl.next;

@@ -82,6 +82,9 @@ impl MainConf {
             Some(id) if self.specs[id].resolve != spec.resolve => {
                 Err(format!("\"{}\" is used with different resolve= settings", spec.url))
             }
+            Some(id) if self.specs[id].allowed != spec.allowed => {
+                Err(format!("\"{}\" is used with different hosts= lists", spec.url))
+            }
             Some(id) => Ok(id),
             None => Ok(self.specs.push(spec)),
         }
@@ -175,6 +178,7 @@ pub struct LocConf {
     pub fail_timeout: Option<Duration>,
     pub body: Option<bool>,
     pub body_max_size: Option<u64>,
+    pub body_buffer_size: Option<u64>,
     pub ssl_verify: Option<bool>,
     pub ssl_trusted_certificate: Option<PathBuf>,
     pub ssl_certificate: Option<PathBuf>,
@@ -198,6 +202,12 @@ pub struct LocConf {
     pub api_write: Option<bool>,
     /// `async_mirror_log`; `Some(None)` is `off`.
     pub copy_log: Option<Option<CopyLogRef>>,
+    /// `async_mirror_scrub_header`: header names whose values copies never carry;
+    /// `Some(empty)` is `off`.
+    pub scrub_headers: Option<Vec<String>>,
+    /// The location serves `async_mirror_status` or `async_mirror_api`: operator
+    /// traffic, never copied (it is not inherited).
+    pub operator: bool,
 }
 
 /// One `async_mirror_log FILE [if=VALUE]` line.
@@ -280,6 +290,7 @@ impl LocConf {
             opts: self.copy_options(),
             body: self.body(),
             body_max_size: self.body_max_size(),
+            body_buffer_size: self.body_buffer_size.unwrap_or(defaults::BODY_BUFFER_SIZE),
             held: self.primary_status.as_deref(),
             compare: self.compare_settings.as_ref(),
             log,
@@ -349,6 +360,7 @@ impl Merge for LocConf {
         self.fail_timeout = self.fail_timeout.or(prev.fail_timeout);
         self.body = self.body.or(prev.body);
         self.body_max_size = self.body_max_size.or(prev.body_max_size);
+        self.body_buffer_size = self.body_buffer_size.or(prev.body_buffer_size);
         self.ssl_verify = self.ssl_verify.or(prev.ssl_verify);
         self.http2 = self.http2.or(prev.http2);
         if self.ssl_trusted_certificate.is_none() {
@@ -372,6 +384,9 @@ impl Merge for LocConf {
         self.copy_log = self.copy_log.or(prev.copy_log);
         if self.primary_status.is_none() {
             self.primary_status = prev.primary_status.clone();
+        }
+        if self.scrub_headers.is_none() {
+            self.scrub_headers = prev.scrub_headers.clone();
         }
         self.compare_settings = self.build_compare();
         if (self.compare_settings.is_some() || self.primary_status.is_some()) && !self.mirrors().is_empty() {

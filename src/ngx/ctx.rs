@@ -21,8 +21,13 @@ pub struct RequestCtx {
 }
 
 unsafe extern "C" fn ctx_cleanup(data: *mut c_void) {
-    // SAFETY: data is the RequestCtx written by create_once; the pool runs this once.
-    unsafe { std::ptr::drop_in_place(data.cast::<RequestCtx>()) };
+    let dropped = std::panic::catch_unwind(|| {
+        // SAFETY: data is the RequestCtx written by create_once; the pool runs this once.
+        unsafe { std::ptr::drop_in_place(data.cast::<RequestCtx>()) };
+    });
+    if dropped.is_err() {
+        super::log::alert("async_mirror: panic while ending a request's copies");
+    }
 }
 
 /// The context's address in `r`'s pool, if copies were decided for it.

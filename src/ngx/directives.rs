@@ -28,12 +28,12 @@ directive!(cmd_async_mirror, LocConf, |cf, lc, args| {
         return Err(ConfError::Duplicate);
     }
     let line = parse_mirror_line(args)?;
+    let url = if line.dynamic() { std::ptr::NonNull::new(complex_value(cf, line.url)?) } else { None };
     let spec = line.spec()?;
     let key = match line.key {
         Some(k) => std::ptr::NonNull::new(complex_value(cf, k)?),
         None => None,
     };
-    let url = if line.dynamic() { std::ptr::NonNull::new(complex_value(cf, line.url)?) } else { None };
     let Some(mc) = M::main_conf_mut(&*cf) else {
         return Err(ConfError::Msg("no http main configuration".into()));
     };
@@ -125,7 +125,8 @@ directive!(cmd_zone, MainConf, |cf, mc, args| {
     Ok(())
 });
 
-directive!(cmd_status, LocConf, |cf, _lc, _args| {
+directive!(cmd_status, LocConf, |cf, lc, _args| {
+    lc.operator = true;
     let Some(clcf) = NgxHttpCoreModule::location_conf_mut(&*cf) else {
         return Err(ConfError::Msg("no location configuration".into()));
     };
@@ -140,6 +141,7 @@ directive!(cmd_api, LocConf, |cf, lc, args| {
         Some(other) => return Err(format!("invalid parameter \"{other}\" (expected write=on)").into()),
     };
     set_once(&mut lc.api_write, write)?;
+    lc.operator = true;
     let Some(clcf) = NgxHttpCoreModule::location_conf_mut(&*cf) else {
         return Err(ConfError::Msg("no location configuration".into()));
     };
@@ -147,7 +149,27 @@ directive!(cmd_api, LocConf, |cf, lc, args| {
     Ok(())
 });
 
+directive!(cmd_scrub_header, LocConf, |_cf, lc, args| {
+    if lc.scrub_headers.is_some() {
+        return Err(ConfError::Duplicate);
+    }
+    if args[0] == "off" {
+        if let Some(extra) = args.get(1) {
+            return Err(format!("unexpected parameter \"{extra}\" after \"off\"").into());
+        }
+        lc.scrub_headers = Some(Vec::new());
+        return Ok(());
+    }
+    let names = args.iter().map(|a| parse::parse_header_name(a)).collect::<Result<Vec<_>, _>>()?;
+    lc.scrub_headers = Some(names);
+    Ok(())
+});
+
 directive!(cmd_body, LocConf, |_cf, lc, args| set_once(&mut lc.body, parse::parse_flag(args[0])?));
+
+directive!(cmd_body_buffer_size, LocConf, |_cf, lc, args| {
+    set_once(&mut lc.body_buffer_size, parse::parse_size(args[0])?)
+});
 
 directive!(cmd_body_max_size, LocConf, |_cf, lc, args| {
     set_once(&mut lc.body_max_size, parse::parse_size(args[0])?)

@@ -28,8 +28,9 @@ pub unsafe extern "C" fn precontent_handler<M: Registered>(r: *mut ngx_http_requ
 }
 
 fn mirror_request(r: &mut ngx_http_request_t, lc: &LocConf) {
-    // Subrequests (SSI, auth_request, the built-in mirror) are never copied.
-    if !std::ptr::eq(r.main, r) || lc.mirrors().is_empty() {
+    // Subrequests (SSI, auth_request, the built-in mirror) are never copied, nor is
+    // operator traffic (the status page, the control API).
+    if !std::ptr::eq(r.main, r) || lc.mirrors().is_empty() || lc.operator {
         return;
     }
     // SAFETY: the phase handler is the only code holding the context right now.
@@ -66,6 +67,28 @@ struct View<'r> {
 }
 
 impl View<'_> {
+    /// `host[:port]` of an absolute-form request line (`GET http://host:port/x`): nginx
+    /// routed the request on it, whatever the `Host` header says.
+    fn request_line_authority(&self) -> Option<&[u8]> {
+        let (start, end) = (self.r.host_start, self.r.host_end);
+        if start.is_null() || end.is_null() || end < start {
+            return None;
+        }
+        // SAFETY: nginx's parser set both into the request line, which lives as long as
+        // the request; the port's digits follow the host there.
+        let line = unsafe {
+            let mut stop = end;
+            if *stop == b':' {
+                stop = stop.add(1);
+                while stop.read().is_ascii_digit() {
+                    stop = stop.add(1);
+                }
+            }
+            std::slice::from_raw_parts(start, stop.offset_from(start) as usize)
+        };
+        Some(line)
+    }
+
     fn facts(&self) -> Facts {
         let r = self.r;
         let headers = HeaderIter::new(&r.headers_in.headers);
@@ -112,8 +135,26 @@ impl RequestView for View<'_> {
         for h in self.lc.set_headers.as_deref().unwrap_or(&[]) {
             values.push((h.name.as_bytes(), eval(self.r, h.value).unwrap_or(b"")));
         }
-        let edits = HeaderEdits { set: values, mark: self.lc.mark_header().map(str::as_bytes) };
+        let edits = HeaderEdits {
+            set: values,
+            scrub: self.lc.scrub_headers.as_deref().unwrap_or(&[]),
+            mark: self.lc.mark_header().map(str::as_bytes),
+            host: self.request_line_authority(),
+        };
         RequestHead::capture(self.method(), self.uri(), HeaderIter::new(&self.r.headers_in.headers), &edits)
+    }
+
+    fn conditional(&self) -> bool {
+        const CONDITIONAL: [&[u8]; 6] = [
+            b"range",
+            b"if-range",
+            b"if-match",
+            b"if-none-match",
+            b"if-modified-since",
+            b"if-unmodified-since",
+        ];
+        HeaderIter::new(&self.r.headers_in.headers)
+            .any(|(n, _)| CONDITIONAL.iter().any(|c| n.eq_ignore_ascii_case(c)))
     }
 
     fn endpoint(&self) -> &[u8] {

@@ -149,9 +149,10 @@ const fn command(name: ngx_str_t, type_: u32, set: SetFn) -> ngx_command_t {
 
 type M = Module;
 
-pub static mut COMMANDS: [ngx_command_t; 33] = [
+pub static mut COMMANDS: [ngx_command_t; 35] = [
     command(ngx_string!("async_mirror"), HSL | NGX_CONF_1MORE, cmd_async_mirror::<M>),
     command(ngx_string!("async_mirror_set_header"), HSL | NGX_CONF_TAKE2, cmd_set_header::<M>),
+    command(ngx_string!("async_mirror_scrub_header"), HSL | NGX_CONF_1MORE, cmd_scrub_header::<M>),
     command(ngx_string!("async_mirror_if"), HSL | NGX_CONF_1MORE, cmd_if::<M>),
     command(ngx_string!("async_mirror_mark_header"), HSL | NGX_CONF_TAKE1, cmd_mark_header::<M>),
     command(ngx_string!("async_mirror_connect_timeout"), HSL | NGX_CONF_TAKE1, cmd_connect_timeout::<M>),
@@ -170,6 +171,7 @@ pub static mut COMMANDS: [ngx_command_t; 33] = [
         cmd_ssl_certificate_key::<M>,
     ),
     command(ngx_string!("async_mirror_body_max_size"), HSL | NGX_CONF_TAKE1, cmd_body_max_size::<M>),
+    command(ngx_string!("async_mirror_body_buffer_size"), HSL | NGX_CONF_TAKE1, cmd_body_buffer_size::<M>),
     command(ngx_string!("async_mirror_http_version"), HSL | NGX_CONF_TAKE1, cmd_http_version::<M>),
     command(ngx_string!("async_mirror_max_fails"), HSL | NGX_CONF_TAKE1, cmd_max_fails::<M>),
     command(ngx_string!("async_mirror_fail_timeout"), HSL | NGX_CONF_TAKE1, cmd_fail_timeout::<M>),

@@ -18,6 +18,7 @@ use super::log;
 use super::shm;
 use crate::engine::Engine;
 use crate::engine::copy::Selection;
+use crate::engine::report::LineFile;
 use crate::engine::zone::ZoneLink;
 
 /// How long runtime threads get to stop once draining is over.
@@ -31,9 +32,9 @@ pub struct Worker {
     pub select: Selection,
     pub zone: Option<ZoneLink>,
     /// `async_mirror_compare_log` files, as nginx opened them (it reopens them in place).
-    compare_logs: Vec<NonNull<ngx_open_file_t>>,
+    compare_logs: Vec<(NonNull<ngx_open_file_t>, LineFile)>,
     /// `async_mirror_log` files.
-    copy_logs: Vec<NonNull<ngx_open_file_t>>,
+    copy_logs: Vec<(NonNull<ngx_open_file_t>, LineFile)>,
     drain_timeout: Duration,
     ticks: u32,
 }
@@ -48,6 +49,14 @@ static mut REPORT_TIMER: ngx_event_t = unsafe { std::mem::zeroed() };
 /// Runs `f` with this worker's state, if a runtime is running.
 pub fn with_worker<T: Default>(f: impl FnOnce(&mut Worker) -> T) -> T {
     WORKER.with_borrow_mut(|w| w.as_mut().map(f).unwrap_or_default())
+}
+
+/// Whether process `pid` still runs (a worker that was killed left its row in the zone).
+fn alive(pid: u64) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+    // SAFETY: signal 0 only checks that the process exists and may be signalled.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// Runtime threads must not take signals meant for the nginx worker.
@@ -97,7 +106,7 @@ pub unsafe extern "C" fn init_process<M: Registered>(cycle: *mut ngx_cycle_t) ->
                 ));
                 // SAFETY: the zone was initialised by the master before workers started.
                 let table = mc.zone.and_then(|z| unsafe { shm::table(z.as_ptr()) });
-                let zone = table.map(|t| ZoneLink::new(t, &engine));
+                let zone = table.map(|t| ZoneLink::new(t, &engine, u64::from(std::process::id()), alive));
                 let seed = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_nanos() as u64)
@@ -108,8 +117,8 @@ pub unsafe extern "C" fn init_process<M: Registered>(cycle: *mut ngx_cycle_t) ->
                     engine,
                     select,
                     zone,
-                    compare_logs: mc.compare_logs.iter().map(|l| l.file).collect(),
-                    copy_logs: mc.copy_logs.clone(),
+                    compare_logs: mc.compare_logs.iter().map(|l| (l.file, LineFile::default())).collect(),
+                    copy_logs: mc.copy_logs.iter().map(|f| (*f, LineFile::default())).collect(),
                     drain_timeout: mc.drain_timeout(),
                     ticks: 0,
                 }));
@@ -139,7 +148,7 @@ pub unsafe extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
         w.engine.drain(w.drain_timeout);
         w.engine.shutdown(SHUTDOWN_GRACE);
         write_reports(&w.engine);
-        write_logs(&w.engine, &w.compare_logs, &w.copy_logs);
+        write_logs(&w.engine, &mut w.compare_logs, &mut w.copy_logs);
         if let Some(zone) = w.zone.as_mut() {
             zone.fold(&w.engine, true);
         }
@@ -172,7 +181,7 @@ fn start_report_timer() {
 unsafe extern "C" fn report_timer_handler(ev: *mut ngx_event_t) {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         with_worker(|w| {
-            write_logs(&w.engine, &w.compare_logs, &w.copy_logs);
+            write_logs(&w.engine, &mut w.compare_logs, &mut w.copy_logs);
             if let Some(zone) = w.zone.as_mut() {
                 zone.fold(&w.engine, false);
                 w.select.overrides = zone.overrides();
@@ -202,13 +211,13 @@ fn write_reports(engine: &Engine) {
     }
 }
 
-/// Writes the lines runtime threads (and handlers) left for nginx's files: one write
-/// per file, as nginx's access log does from the worker. A failed write loses those
-/// lines (counted), nothing else.
+/// Writes the lines runtime threads (and handlers) left for nginx's files, whole lines
+/// in one `write` per file (continued when short), as nginx's access log does from the
+/// worker. A failed write loses those lines (counted), nothing else.
 fn write_logs(
     engine: &Engine,
-    compare_logs: &[NonNull<ngx_open_file_t>],
-    copy_logs: &[NonNull<ngx_open_file_t>],
+    compare_logs: &mut [(NonNull<ngx_open_file_t>, LineFile)],
+    copy_logs: &mut [(NonNull<ngx_open_file_t>, LineFile)],
 ) {
     let mismatches = engine.mismatch_log();
     write_lines(mismatches.take(), compare_logs, &mismatches.counts.written, &mismatches.counts.failed);
@@ -218,29 +227,24 @@ fn write_logs(
 
 fn write_lines(
     lines: Vec<(usize, String)>,
-    files: &[NonNull<ngx_open_file_t>],
+    files: &mut [(NonNull<ngx_open_file_t>, LineFile)],
     written: &AtomicU64,
     failed: &AtomicU64,
 ) {
     if lines.is_empty() {
         return;
     }
-    for (i, file) in files.iter().enumerate() {
-        let (mut buf, mut n) = (Vec::new(), 0u64);
-        for (_, line) in lines.iter().filter(|(l, _)| *l == i) {
-            buf.extend_from_slice(line.as_bytes());
-            buf.push(b'\n');
-            n += 1;
-        }
-        if n == 0 {
-            continue;
-        }
+    for (i, (file, state)) in files.iter_mut().enumerate() {
+        let mine = lines.iter().filter(|(l, _)| *l == i).map(|(_, line)| line.as_str());
         // SAFETY: the open file belongs to the cycle and lives as long as it; nginx only
         // changes its fd on reopen, on this same thread.
         let fd = unsafe { file.as_ref().fd };
-        // SAFETY: buf is a valid buffer of buf.len() bytes.
-        let done = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
-        let counter = if done == buf.len() as isize { written } else { failed };
-        counter.fetch_add(n, Ordering::Relaxed);
+        let (ok, lost) = state.write(mine, |buf| {
+            // SAFETY: buf is a valid buffer of buf.len() bytes.
+            let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+            usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
+        });
+        written.fetch_add(ok, Ordering::Relaxed);
+        failed.fetch_add(lost, Ordering::Relaxed);
     }
 }

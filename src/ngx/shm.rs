@@ -21,7 +21,11 @@ use ngx::ffi::{
 use ngx::ngx_log_error;
 
 use super::conf::MainConf;
-use crate::engine::zone::{EndpointSlot, Header, LAYOUT, TargetSlot, ZoneTable, plan, table_bytes};
+use std::sync::atomic::AtomicI64;
+
+use crate::engine::zone::{
+    EndpointSlot, Header, LAYOUT, TargetSlot, WorkerRows, ZoneTable, plan, row_len, table_bytes,
+};
 
 /// What a zone's memory holds.
 enum Found {
@@ -58,28 +62,36 @@ unsafe fn find(shm: *mut ngx_shm_zone_t) -> Found {
     match h.layout_found() {
         None => Found::Nothing,
         Some(_) if h.is_layout(test_layout(LAYOUT)) => {
-            let (capacity, endpoints) = h.capacity();
             // SAFETY: the table was allocated with these counts (`create_table`), in the
             // mapping that lives as long as the process.
-            Found::Ours(unsafe { view(header, capacity, endpoints) })
+            Found::Ours(unsafe { view(header, h.capacity()) })
         }
         Some(other) => Found::Other(other),
     }
 }
 
-/// The table at `header` with its target slots and endpoint area.
+/// The table at `header` with its target slots, endpoint area and worker rows.
 ///
 /// # Safety
-/// `header` starts an allocation of `table_bytes(capacity, endpoints)` bytes holding a
-/// table (zeroed is a valid, empty one), mapped for the rest of the process.
-unsafe fn view(header: NonNull<Header>, capacity: usize, endpoints: usize) -> ZoneTable<'static> {
+/// `header` starts an allocation of `table_bytes(sizes)` bytes holding a table (zeroed
+/// is a valid, empty one), mapped for the rest of the process.
+unsafe fn view(
+    header: NonNull<Header>,
+    (capacity, endpoints, rows): (usize, usize, usize),
+) -> ZoneTable<'static> {
     // SAFETY: per the contract; slots follow the header, the endpoint area the slots,
-    // each correctly aligned (every type is a repr(C) of 8-byte atomics).
+    // the rows the endpoint area, each correctly aligned (every type is a repr(C) of
+    // 8-byte atomics).
     unsafe {
         let slots_at = header.as_ptr().add(1).cast::<TargetSlot>();
-        let slots = std::slice::from_raw_parts(slots_at, capacity);
-        let endpoints = std::slice::from_raw_parts(slots_at.add(capacity).cast::<EndpointSlot>(), endpoints);
-        ZoneTable::new(header.as_ref(), slots, endpoints)
+        let endpoints_at = slots_at.add(capacity).cast::<EndpointSlot>();
+        let rows_at = endpoints_at.add(endpoints).cast::<AtomicI64>();
+        ZoneTable::new(
+            header.as_ref(),
+            std::slice::from_raw_parts(slots_at, capacity),
+            std::slice::from_raw_parts(endpoints_at, endpoints),
+            WorkerRows::new(std::slice::from_raw_parts(rows_at, rows * row_len(capacity)), capacity),
+        )
     }
 }
 
@@ -133,6 +145,10 @@ pub unsafe extern "C" fn init_zone(shm: *mut ngx_shm_zone_t, _old: *mut c_void) 
             );
             return NGX_ERROR as ngx_int_t;
         };
+        // Slots of targets this configuration no longer names make room for new ones;
+        // the others keep their counters.
+        let named: Vec<&str> = mc.targets.values().map(|t| t.url.as_str()).collect();
+        table.reclaim(&named);
         for t in mc.targets.values() {
             if !table.assign(&t.url) {
                 ngx_log_error!(
@@ -158,9 +174,10 @@ unsafe fn create_table(zone: &ngx_shm_zone_t) -> Option<ZoneTable<'static>> {
     let sp = zone.shm.addr.cast::<ngx_slab_pool_t>();
     // SAFETY: per the contract; trying sizes that do not fit is expected, not worth a log line.
     unsafe { (*sp).set_log_nomem(0) };
-    let (mut capacity, mut endpoints) = plan(zone.shm.size);
+    let (mut capacity, mut endpoints, mut rows) = plan(zone.shm.size);
     while capacity > 0 {
-        let bytes = table_bytes(capacity, endpoints);
+        let sizes = (capacity, endpoints, rows);
+        let bytes = table_bytes(sizes);
         // SAFETY: allocation from the zone's own pool while the master loads configuration.
         let p = unsafe { ngx_slab_alloc(sp, bytes) };
         if let Some(header) = NonNull::new(p.cast::<Header>()) {
@@ -171,13 +188,14 @@ unsafe fn create_table(zone: &ngx_shm_zone_t) -> Option<ZoneTable<'static>> {
                 (*sp).set_log_nomem(1);
             }
             // SAFETY: just allocated with these counts, in the zone's mapping.
-            let table = unsafe { view(header, capacity, endpoints) };
+            let table = unsafe { view(header, sizes) };
             // SAFETY: the header lies at the start of the zeroed allocation.
-            unsafe { header.as_ref() }.init(test_layout(LAYOUT), capacity, endpoints);
+            unsafe { header.as_ref() }.init(test_layout(LAYOUT), sizes);
             return Some(table);
         }
         capacity = capacity * 9 / 10;
         endpoints = endpoints * 9 / 10;
+        rows = (rows * 9 / 10).max(1);
     }
     None
 }

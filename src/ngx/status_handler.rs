@@ -3,7 +3,8 @@
 use ngx::ffi::{
     NGX_ERROR, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED, NGX_OK,
     ngx_chain_t, ngx_create_temp_buf, ngx_http_arg, ngx_http_discard_request_body, ngx_http_output_filter,
-    ngx_http_request_t, ngx_http_send_header, ngx_int_t, ngx_str_t, ngx_uint_t,
+    ngx_http_request_t, ngx_http_send_header, ngx_int_t, ngx_list_push, ngx_str_t, ngx_table_elt_t,
+    ngx_uint_t,
 };
 
 use super::log;
@@ -67,6 +68,22 @@ unsafe fn serve(r: &mut ngx_http_request_t) -> ngx_int_t {
 /// # Safety
 /// `r` is the request being handled, on the nginx thread.
 pub unsafe fn send(r: &mut ngx_http_request_t, status: u16, ctype: &'static str, body: &[u8]) -> ngx_int_t {
+    // Counters change from one request to the next, and the page's format follows `Accept`.
+    for (name, value) in [("Cache-Control", "no-store"), ("Vary", "Accept")] {
+        // SAFETY: the response's header list belongs to the request; the strings are static.
+        let h = unsafe { ngx_list_push(&mut r.headers_out.headers) }.cast::<ngx_table_elt_t>();
+        if h.is_null() {
+            continue;
+        }
+        // SAFETY: a fresh element of the list, zeroed (no lowercase key, no next header:
+        // the fields differ between nginx versions) and filled before nginx reads it.
+        unsafe {
+            std::ptr::write_bytes(h, 0, 1);
+            (*h).hash = 1;
+            (*h).key = ngx_str_t { len: name.len(), data: name.as_ptr().cast_mut() };
+            (*h).value = ngx_str_t { len: value.len(), data: value.as_ptr().cast_mut() };
+        }
+    }
     r.headers_out.status = ngx_uint_t::from(status);
     r.headers_out.content_length_n = body.len() as _;
     r.headers_out.content_type = ngx_str_t { len: ctype.len(), data: ctype.as_ptr().cast_mut() };
@@ -106,7 +123,7 @@ fn snapshot() -> Snapshot {
     with_worker(|w| {
         if let Some(zone) = w.zone.as_mut() {
             zone.fold(&w.engine, false);
-            let (queue_jobs, queue_bytes) = zone.table.queue();
+            let (queue_jobs, queue_bytes) = zone.table.rows.queue();
             let targets = zone.table.read();
             let (log_lines, copy_lines) = (zone.table.log_lines(), zone.table.copy_lines());
             return Snapshot { targets, queue_jobs, queue_bytes, shared: true, log_lines, copy_lines };

@@ -1,6 +1,6 @@
 //! `$async_mirror_outcome`: what happened to this request's copies, for the access log.
 
-use ngx::ffi::{NGX_ERROR, NGX_OK, ngx_http_request_t, ngx_http_variable_value_t, ngx_int_t};
+use ngx::ffi::{NGX_ERROR, NGX_OK, ngx_http_request_t, ngx_http_variable_value_t, ngx_int_t, ngx_pnalloc};
 
 use super::ctx::RequestCtx;
 
@@ -17,17 +17,27 @@ pub unsafe extern "C" fn outcome_variable(
         let main = unsafe { &*r.main };
         match RequestCtx::find(main).map(|c| c.copies.variable()).filter(|o| !o.is_empty()) {
             Some(o) => {
+                // A copy in the request's pool: the words change when held copies go, and
+                // nginx may keep the value (`set`, `map`) past this call.
+                // SAFETY: main.pool is the request's pool; the copy fills what was allocated.
+                let data = unsafe { ngx_pnalloc(main.pool, o.len()) }.cast::<u8>();
+                if data.is_null() {
+                    return false;
+                }
+                // SAFETY: as above.
+                unsafe { std::ptr::copy_nonoverlapping(o.as_ptr(), data, o.len()) };
                 v.set_len(o.len() as _);
-                v.data = o.as_ptr().cast_mut();
+                v.data = data;
                 v.set_valid(1);
                 v.set_no_cacheable(1);
                 v.set_not_found(0);
             }
             None => v.set_not_found(1),
         }
+        true
     });
-    if result.is_err() {
-        return NGX_ERROR as ngx_int_t;
+    match result {
+        Ok(true) => NGX_OK as ngx_int_t,
+        _ => NGX_ERROR as ngx_int_t,
     }
-    NGX_OK as ngx_int_t
 }

@@ -77,6 +77,11 @@ impl BodyState {
         BodyAbort::from_u8(self.end.load(Ordering::Acquire))
     }
 
+    /// Whether the client's whole body went through (nothing is still to arrive).
+    pub fn complete(&self) -> bool {
+        self.end.load(Ordering::Acquire) == COMPLETE
+    }
+
     pub fn sent(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
     }

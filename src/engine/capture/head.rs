@@ -32,13 +32,22 @@ pub struct RequestHead {
     pub te_trailers: bool,
 }
 
-/// Header edits from `async_mirror_set_header` and the mark header, evaluated by nginx.
+/// What a scrubbed header's value becomes on a copy.
+pub const SCRUBBED: &str = "[scrubbed]";
+
+/// Header edits from `async_mirror_set_header`, `async_mirror_scrub_header` and the mark
+/// header, evaluated by nginx.
 #[derive(Debug, Default, Clone)]
 pub struct HeaderEdits<'a> {
     /// `(name, value)`; an empty value removes the header.
     pub set: Vec<(&'a [u8], &'a [u8])>,
+    /// Headers whose values are replaced by [`SCRUBBED`] (credentials).
+    pub scrub: &'a [String],
     /// Loop-guard header added with value `1`.
     pub mark: Option<&'a [u8]>,
+    /// The authority nginx routed on when the request line had one (absolute form):
+    /// it, not the client's `Host` header, is the copy's `Host`.
+    pub host: Option<&'a [u8]>,
 }
 
 impl RequestHead {
@@ -79,7 +88,10 @@ impl RequestHead {
             }
             let header = |e| CaptureError::Header(String::from_utf8_lossy(e).into_owned());
             let n = HeaderName::from_bytes(name).map_err(|_| header(name))?;
-            let v = HeaderValue::from_bytes(value).map_err(|_| header(name))?;
+            let v = match edits.scrub.iter().any(|s| name.eq_ignore_ascii_case(s.as_bytes())) {
+                true => HeaderValue::from_static(SCRUBBED),
+                false => HeaderValue::from_bytes(value).map_err(|_| header(name))?,
+            };
             map.append(n, v);
         }
         for (name, value) in &edits.set {
@@ -89,6 +101,10 @@ impl RequestHead {
             if !value.is_empty() {
                 map.insert(n, HeaderValue::from_bytes(value).map_err(|_| header())?);
             }
+        }
+        if let Some(host) = edits.host {
+            let v = HeaderValue::from_bytes(host).map_err(|_| CaptureError::Header("host".into()))?;
+            map.insert(http::header::HOST, v);
         }
         if let Some(mark) = edits.mark {
             let n = HeaderName::from_bytes(mark).map_err(|_| CaptureError::Header("mark".into()))?;
@@ -109,9 +125,11 @@ impl RequestHead {
     }
 
     /// The copy for one destination: its prefix + `$request_uri` (or its whole request
-    /// target), `Host` kept (or the destination's authority).
-    pub fn to_request<B>(&self, dest: &Dest, body: B) -> Request<B> {
-        let uri = Uri::from_maybe_shared(self.path(dest)).unwrap_or_else(|_| Uri::from_static("/"));
+    /// target), `Host` kept (or the destination's authority). Both parts were checked
+    /// when they were captured and configured; `None` if they still make no request
+    /// target (the copy is then not sent anywhere else).
+    pub fn to_request<B>(&self, dest: &Dest, body: B) -> Option<Request<B>> {
+        let uri = Uri::from_maybe_shared(self.path(dest)).ok()?;
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = uri;
@@ -121,13 +139,13 @@ impl RequestHead {
                 req.headers_mut().insert(http::header::HOST, v);
             }
         }
-        req
+        Some(req)
     }
 
     /// The copy as an HTTP/2 request: the client's `Host` (or the destination's authority)
     /// becomes `:authority`, and `te: trailers` is kept when the client sent it.
-    pub fn to_h2_request<B>(&self, dest: &Dest, body: B) -> Request<B> {
-        let mut req = self.to_request(dest, body);
+    pub fn to_h2_request<B>(&self, dest: &Dest, body: B) -> Option<Request<B>> {
+        let mut req = self.to_request(dest, body)?;
         let host = req.headers_mut().remove(http::header::HOST);
         let authority = host
             .as_ref()
@@ -144,12 +162,14 @@ impl RequestHead {
         if self.te_trailers {
             req.headers_mut().insert(http::header::TE, HeaderValue::from_static("trailers"));
         }
-        req
+        Some(req)
     }
 
     fn path(&self, dest: &Dest) -> Bytes {
         match dest.kind {
             PathKind::Target => Bytes::from(dest.url.path.clone()),
+            // `OPTIONS *` asks about the server as a whole: no prefix goes before it.
+            PathKind::Prefix if &self.request_uri[..] == b"*" => self.request_uri.clone(),
             PathKind::Prefix if dest.url.path.is_empty() => self.request_uri.clone(),
             PathKind::Prefix => {
                 let prefix = dest.url.path.as_bytes();
@@ -171,7 +191,20 @@ fn trim(s: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::config::parse_dest;
+    use crate::engine::config::{TargetSpec, parse_dest};
+
+    fn dest(url: &str, kind: PathKind) -> Dest {
+        let spec = TargetSpec {
+            url: url.into(),
+            https: url.starts_with("https"),
+            dest: None,
+            tls: None,
+            http2: false,
+            resolve: None,
+            allowed: Vec::new(),
+        };
+        parse_dest(url.as_bytes(), &spec, kind).unwrap()
+    }
 
     fn hdrs(list: &[(&'static str, &'static str)]) -> Vec<(&'static [u8], &'static [u8])> {
         list.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())).collect()
@@ -193,8 +226,7 @@ mod tests {
         let names: Vec<_> = head.headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["host", "x-custom"]);
         assert_eq!(head.headers.get_all("x-custom").iter().count(), 2);
-        let req =
-            head.to_request(&parse_dest("http://mirror:8080/shadow", false, PathKind::Prefix).unwrap(), ());
+        let req = head.to_request(&dest("http://mirror:8080/shadow", PathKind::Prefix), ()).unwrap();
         assert_eq!(req.uri(), "/shadow/p?q=1");
         assert_eq!(req.headers()["host"], "example.com");
     }
@@ -205,14 +237,17 @@ mod tests {
         let head =
             RequestHead::capture(b"POST", b"/svc/M", h.iter().copied(), &HeaderEdits::default()).unwrap();
         assert!(head.te_trailers && !head.headers.contains_key("te"));
-        let dest = parse_dest("http://10.0.0.1:50051/p", false, PathKind::Prefix).unwrap();
-        let req = head.to_h2_request(&dest, ());
+        let dest = dest("http://10.0.0.1:50051/p", PathKind::Prefix);
+        let req = head.to_h2_request(&dest, ()).unwrap();
         assert_eq!(req.uri(), "http://shop.example/p/svc/M");
         assert_eq!(
             (req.headers()["te"].to_str().unwrap(), req.headers().contains_key("host")),
             ("trailers", false)
         );
-        assert!(head.to_request(&dest, ()).headers().get("te").is_none(), "never on HTTP/1.1 copies");
+        assert!(
+            head.to_request(&dest, ()).unwrap().headers().get("te").is_none(),
+            "never on HTTP/1.1 copies"
+        );
     }
 
     #[test]
@@ -221,16 +256,46 @@ mod tests {
         let edits = HeaderEdits {
             set: vec![(b"X-A", b"over"), (b"X-B", b""), (b"X-New", b"n")],
             mark: Some(b"X-Async-Mirror"),
+            ..Default::default()
         };
         let head = RequestHead::capture(b"DELETE", b"/", h.iter().copied(), &edits).unwrap();
         assert_eq!(head.headers["x-a"], "over");
         assert!(!head.headers.contains_key("x-b"));
         assert_eq!(head.headers["x-new"], "n");
         assert_eq!(head.headers["x-async-mirror"], "1");
-        let req = head.to_request(&parse_dest("http://127.0.0.1:9", false, PathKind::Prefix).unwrap(), ());
+        let req = head.to_request(&dest("http://127.0.0.1:9", PathKind::Prefix), ()).unwrap();
         assert_eq!(req.headers()["host"], "127.0.0.1:9");
         assert_eq!(req.method(), Method::DELETE);
         assert!(head.weight() > 0);
+    }
+
+    #[test]
+    fn scrubs_credentials_and_takes_the_routed_host() {
+        let h = hdrs(&[
+            ("Host", "client-said"),
+            ("Authorization", "Bearer s3cret"),
+            ("Cookie", "a=1"),
+            ("X-Ok", "v"),
+        ]);
+        let scrub = ["authorization".to_string(), "Cookie".to_string()];
+        let edits = HeaderEdits { scrub: &scrub, host: Some(b"routed.example:8080"), ..Default::default() };
+        let head = RequestHead::capture(b"GET", b"/x", h.iter().copied(), &edits).unwrap();
+        assert_eq!(
+            (head.headers["authorization"].to_str().unwrap(), head.headers["cookie"].to_str().unwrap()),
+            (SCRUBBED, SCRUBBED)
+        );
+        assert_eq!(
+            (head.headers["x-ok"].to_str().unwrap(), head.headers["host"].to_str().unwrap()),
+            ("v", "routed.example:8080")
+        );
+    }
+
+    #[test]
+    fn asterisk_form_keeps_no_prefix() {
+        let none = Vec::<(&[u8], &[u8])>::new();
+        let head = RequestHead::capture(b"OPTIONS", b"*", none.into_iter(), &HeaderEdits::default()).unwrap();
+        let req = head.to_request(&dest("http://m:9/prefix", PathKind::Prefix), ()).unwrap();
+        assert_eq!(req.uri(), "*");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use tokio::time::timeout;
 
 use super::connect::{Stream, exchange_failure};
 use super::idle::Connection;
-use super::response::MirrorResponse;
+use super::response::{Keep, MirrorResponse};
 use crate::engine::capture::CopyBody;
 use crate::engine::outcome::{FailReason, Failure};
 
@@ -53,7 +53,7 @@ pub async fn exchange(
     conn: &mut Conn,
     req: Request<CopyBody>,
     limit: Duration,
-    keep: usize,
+    keep: &Keep,
 ) -> Result<(MirrorResponse, bool), ExchangeError> {
     let work = async {
         let resp = conn.0.try_send_request(req).await.map_err(|mut e| {

@@ -18,7 +18,7 @@ use tokio::time::timeout;
 use super::connect::{Stream, exchange_failure};
 use super::limits::{ConnSlot, DestKey, Limits};
 use super::preface::{Preface, Sniff};
-use super::response::MirrorResponse;
+use super::response::{Keep, MirrorResponse};
 use crate::engine::capture::CopyBody;
 use crate::engine::outcome::{FailReason, Failure};
 
@@ -194,7 +194,7 @@ pub async fn exchange(
     lease: &Lease,
     req: Request<CopyBody>,
     limit: Duration,
-    keep: usize,
+    keep: &Keep,
 ) -> Result<MirrorResponse, ExchangeError> {
     let mut sender = lease.conn.sender.clone();
     let work = async {

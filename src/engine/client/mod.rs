@@ -16,6 +16,6 @@ mod target;
 mod tls;
 
 pub use breaker::{Breaker, BreakerSettings, Clock, Gate};
-pub use response::MirrorResponse;
+pub use response::{Keep, MirrorResponse};
 pub use target::{ClientSettings, CopyOptions, Outgoing, Target};
 pub use tls::{ALPN_H2, ALPN_HTTP1, TlsSettings, client_config, load_key, load_pem};

@@ -80,7 +80,7 @@ impl Target {
         d: &Delivery<'_>,
         reused: bool,
     ) -> Result<MirrorResponse, ExchangeError> {
-        let (mut resp, reusable) = http1::exchange(&mut conn.conn, req, d.opts.timeout, d.keep).await?;
+        let (mut resp, reusable) = http1::exchange(&mut conn.conn, req, d.opts.timeout, &d.keep).await?;
         resp.reused = reused;
         if reusable {
             self.h1.checkin(conn);
@@ -136,7 +136,7 @@ impl Target {
                 &lease,
                 req,
                 d.deadline.saturating_duration_since(Instant::now()),
-                d.keep,
+                &d.keep,
             ))
             .await
             {
@@ -147,9 +147,9 @@ impl Target {
                 Err(http2::ExchangeError::Unprocessed(back)) if !resent => {
                     // Sent again once, on whichever connection has room (a GOAWAY'd one no longer does).
                     resent = true;
-                    req = match (back, &again) {
+                    req = match (back, again.as_ref().and_then(|h| h.to_h2_request(d.dest, empty_body()))) {
                         (Some(back), _) => *back,
-                        (None, Some(head)) => head.to_h2_request(d.dest, empty_body()),
+                        (None, Some(again)) => again,
                         (None, None) => {
                             return Err(Failure::new(
                                 FailReason::Reset,

@@ -21,7 +21,7 @@ use super::http2;
 use super::idle::IdlePool;
 use super::limits::{CONNECTS_IN_PROGRESS, DestKey, Limits};
 use super::resolve::Resolver;
-use super::response::MirrorResponse;
+use super::response::{Keep, MirrorResponse};
 use crate::engine::capture::{BodyRx, RequestHead, empty_body};
 use crate::engine::config::{Dest, TargetSpec};
 use crate::engine::error_log::ErrorLog;
@@ -90,6 +90,8 @@ pub struct Outgoing<'a> {
     pub opts: CopyOptions,
     /// The breaker's probe goes even while the breaker is open.
     pub probe: bool,
+    /// How much of the answer's body to keep, charged to what budget.
+    pub keep: Keep,
 }
 
 /// What a delivery needs besides the request.
@@ -100,7 +102,7 @@ pub(super) struct Delivery<'a> {
     pub(super) probe: bool,
     pub(super) deadline: Instant,
     /// Response body bytes to keep (for comparison).
-    pub(super) keep: usize,
+    pub(super) keep: Keep,
     /// `resolve=`: the address picked for this copy.
     pub(super) at: Option<std::net::SocketAddr>,
 }
@@ -188,7 +190,6 @@ impl Target {
     pub async fn deliver(
         &self,
         out: Outgoing<'_>,
-        keep: usize,
         now_ms: impl Fn() -> u64,
     ) -> (Outcome, Option<MirrorResponse>) {
         let state = out.body.as_ref().map(|b| b.state.clone());
@@ -215,16 +216,20 @@ impl Target {
             },
         };
         let deadline = Instant::now() + opts.timeout;
-        let d = Delivery { dest, key, opts, probe: out.probe, deadline, keep, at };
-        let result = if self.h2.is_some() && !self.h1_only.load(Ordering::Relaxed) {
+        let d = Delivery { dest, key, opts, probe: out.probe, deadline, keep: out.keep, at };
+        let h2 = self.h2.is_some() && !self.h1_only.load(Ordering::Relaxed);
+        let req = if h2 { out.head.to_h2_request(dest, body) } else { out.head.to_request(dest, body) };
+        // Never sent anywhere but where the copy means to go.
+        let Some(req) = req else { return (Outcome::Skipped, None) };
+        let result = if h2 {
             // Without a body, a stream the server did not process can be sent again.
             let again = state.is_none().then(|| out.head.clone());
-            self.send_h2(out.head.to_h2_request(dest, body), &d, again, &now_ms).await
+            self.send_h2(req, &d, again, &now_ms).await
         } else {
-            self.send_h1(out.head.to_request(dest, body), &d, &now_ms).await
+            self.send_h1(req, &d, &now_ms).await
         };
         // A body that ended early decides the outcome and says nothing about the mirror.
-        if let Some(why) = state.and_then(|s| s.aborted()) {
+        if let Some(why) = state.as_ref().and_then(|s| s.aborted()) {
             return (why.outcome(), None);
         }
         let resp = match result {
@@ -236,6 +241,12 @@ impl Target {
         };
         let outcome = match resp {
             Miss::BreakerOpen => Outcome::Dropped(DropReason::BreakerOpen),
+            // Time ran out while the client's body was still arriving: not the mirror's doing.
+            Miss::Failed(Failure { reason: FailReason::Timeout, .. })
+                if state.as_ref().is_some_and(|s| !s.complete()) =>
+            {
+                Outcome::Failed(FailReason::BodySlow)
+            }
             Miss::Failed(Failure { reason, detail }) => {
                 let outcome = Outcome::Failed(reason);
                 self.log.push(self.id, || format!("copy failed ({outcome}): {detail}"));

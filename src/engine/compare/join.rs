@@ -152,6 +152,8 @@ pub enum Role {
 pub struct Comparison {
     pub settings: Arc<CompareSettings>,
     pub endpoint: String,
+    /// The request was conditional or a range request.
+    pub conditional: bool,
     pub primary: Latch<Arc<Primary>>,
     pub role: Role,
 }
@@ -163,6 +165,13 @@ pub struct Sinks<'a> {
     pub target: &'a str,
     pub method: &'a str,
     pub uri: &'a str,
+}
+
+/// Statuses a conditional or range request can take that depend on more than the answer
+/// itself: one side took that turn and the other did not.
+fn turned_apart(a: u16, b: u16) -> bool {
+    let conditional = |s| matches!(s, 206 | 304 | 412 | 416);
+    a != b && (conditional(a) || conditional(b))
 }
 
 enum Wait<T> {
@@ -191,7 +200,8 @@ impl Comparison {
         deadline: Instant,
         sinks: Sinks<'_>,
     ) -> Verdict {
-        let mine = resp.map(|r| Arc::new(Answer::from_mirror(&r, &self.settings)));
+        // `resp` (with its kept body's charge) lives until the comparison is done.
+        let mine = resp.as_ref().map(|r| Arc::new(Answer::from_mirror(r, &self.settings)));
         let role = std::mem::replace(&mut self.role, Role::Candidate(None));
         let role = match role {
             Role::Baseline(tx) => {
@@ -211,6 +221,9 @@ impl Comparison {
             Wait::Timeout => return count(Verdict::Uncompared(Uncompared::Timeout)),
         };
         let ours = compare(&primary.answer, &mine, &self.settings);
+        if self.conditional && turned_apart(primary.answer.status, mine.status) {
+            return count(Verdict::Uncompared(Uncompared::Conditional));
+        }
         let base = match &role {
             // A baseline's differences are the noise floor: counted on its own row.
             None => {

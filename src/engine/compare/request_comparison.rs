@@ -14,6 +14,7 @@ use crate::engine::capture::{Backlog, Charge};
 pub struct RequestComparison {
     settings: Arc<CompareSettings>,
     endpoint: String,
+    conditional: bool,
     primary: Option<Latch<Arc<Primary>>>,
     baseline_tx: Option<Setter<BaselineState>>,
     baseline_rx: Option<Latch<BaselineState>>,
@@ -21,8 +22,14 @@ pub struct RequestComparison {
 
 impl RequestComparison {
     /// `endpoint` is the label (`async_mirror_compare_key`, or the location's name), cut to
-    /// its bound; `baseline` whether the location has a baseline target.
-    pub fn new(settings: &Arc<CompareSettings>, endpoint: &[u8], baseline: bool) -> RequestComparison {
+    /// its bound; `baseline` whether the location has a baseline target; `conditional`
+    /// whether the request has `Range` or `If-*` headers.
+    pub fn new(
+        settings: &Arc<CompareSettings>,
+        endpoint: &[u8],
+        baseline: bool,
+        conditional: bool,
+    ) -> RequestComparison {
         let endpoint = bounded_name(&String::from_utf8_lossy(endpoint)).to_string();
         let (baseline_tx, baseline_rx) = match baseline {
             true => {
@@ -31,7 +38,14 @@ impl RequestComparison {
             }
             false => (None, None),
         };
-        RequestComparison { settings: settings.clone(), endpoint, primary: None, baseline_tx, baseline_rx }
+        RequestComparison {
+            settings: settings.clone(),
+            endpoint,
+            conditional,
+            primary: None,
+            baseline_tx,
+            baseline_rx,
+        }
     }
 
     /// The comparison part of one copy. The first one also returns the capture the
@@ -50,8 +64,13 @@ impl RequestComparison {
             Some(tx) => Role::Baseline(tx),
             None => Role::Candidate(self.baseline_rx.clone()),
         };
-        let part =
-            Comparison { settings: self.settings.clone(), endpoint: self.endpoint.clone(), primary, role };
+        let part = Comparison {
+            settings: self.settings.clone(),
+            endpoint: self.endpoint.clone(),
+            conditional: self.conditional,
+            primary,
+            role,
+        };
         (part, capture)
     }
 }

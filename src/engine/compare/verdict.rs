@@ -21,6 +21,10 @@ pub enum Uncompared {
     Encoding,
     /// The primary's response did not complete within `async_mirror_timeout`.
     Timeout,
+    /// A conditional or range request (`If-None-Match`, `Range`, ...) whose two answers
+    /// took different turns (one a 304 or 206, the other not): the client's status is set
+    /// after this module sees the primary, so the answers are not comparable.
+    Conditional,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,7 +37,7 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 9] = [
+    pub const ALL: [Verdict; 10] = [
         Verdict::Match,
         Verdict::Differ,
         Verdict::Noise,
@@ -43,6 +47,7 @@ impl Verdict {
         Verdict::Uncompared(Uncompared::FileBody),
         Verdict::Uncompared(Uncompared::Encoding),
         Verdict::Uncompared(Uncompared::Timeout),
+        Verdict::Uncompared(Uncompared::Conditional),
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -68,6 +73,7 @@ impl Verdict {
                 Uncompared::FileBody => "file_body",
                 Uncompared::Encoding => "encoding",
                 Uncompared::Timeout => "timeout",
+                Uncompared::Conditional => "conditional",
             },
             _ => "",
         }

@@ -18,6 +18,8 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 pub const MAX_FAILS: u32 = 3;
 pub const BODY: bool = true;
 pub const BODY_MAX_SIZE: u64 = 1 << 20;
+/// Bodies up to this size are sent once complete, so a slow upload holds no connection.
+pub const BODY_BUFFER_SIZE: u64 = 64 << 10;
 pub const FAIL_TIMEOUT: Duration = Duration::from_secs(10);
 /// `resolve` without a time: how often a target's name is looked up again.
 pub const RESOLVE: Duration = Duration::from_secs(30);

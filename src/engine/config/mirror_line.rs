@@ -19,6 +19,8 @@ pub struct MirrorLine<'a> {
     pub rate: Option<u32>,
     pub resolve: Option<Duration>,
     pub baseline: bool,
+    /// `hosts=`: where a URL with variables in its host or port may send copies.
+    pub hosts: Option<Vec<&'a str>>,
 }
 
 impl MirrorLine<'_> {
@@ -37,7 +39,13 @@ impl MirrorLine<'_> {
     /// # Errors
     /// A message suitable after `async_mirror: `.
     pub fn spec(&self) -> Result<TargetSpec, String> {
-        if self.dynamic() { parse_template(self.url) } else { parse_target_with(self.url, self.resolve) }
+        match self.dynamic() {
+            true => parse_template(self.url, self.hosts.as_deref()),
+            false if self.hosts.is_some() => {
+                Err(format!("hosts= is for URLs with variables in the host or port, not \"{}\"", self.url))
+            }
+            false => parse_target_with(self.url, self.resolve),
+        }
     }
 }
 
@@ -47,7 +55,7 @@ impl MirrorLine<'_> {
 /// A message suitable after `async_mirror: `.
 pub fn parse_mirror_line<'a>(args: &[&'a str]) -> Result<MirrorLine<'a>, String> {
     let Some((&url, params)) = args.split_first() else { return Err("no URL".into()) };
-    let (mut sample, mut key, mut rate, mut resolve) = (None, None, None, None);
+    let (mut sample, mut key, mut rate, mut resolve, mut hosts) = (None, None, None, None, None);
     let mut baseline = false;
     for &param in params {
         let (name, value) = param.split_once('=').unwrap_or((param, ""));
@@ -66,14 +74,23 @@ pub fn parse_mirror_line<'a>(args: &[&'a str]) -> Result<MirrorLine<'a>, String>
                 key = Some(value);
             }
             "rate" if rate.is_none() => rate = Some(parse_rate(value)?),
-            "sample" | "key" | "rate" | "resolve" => return Err(format!("duplicate parameter \"{param}\"")),
+            "hosts" if hosts.is_none() => {
+                let list: Vec<&str> = value.split(',').collect();
+                if list.iter().any(|h| h.is_empty()) {
+                    return Err(format!("invalid parameter \"{param}\" (expected hosts=HOST[:PORT],...)"));
+                }
+                hosts = Some(list);
+            }
+            "sample" | "key" | "rate" | "resolve" | "hosts" => {
+                return Err(format!("duplicate parameter \"{param}\""));
+            }
             _ => return Err(format!("unknown parameter \"{param}\"")),
         }
     }
     if key.is_some() && sample.is_none() {
         return Err("key= needs sample=".into());
     }
-    let line = MirrorLine { url, sample_ppm: sample.unwrap_or(PPM), key, rate, resolve, baseline };
+    let line = MirrorLine { url, sample_ppm: sample.unwrap_or(PPM), key, rate, resolve, baseline, hosts };
     if line.dynamic() && resolve.is_some() {
         return Err(format!(
             "resolve with variables in \"{url}\" (such URLs are resolved for every connection)"
@@ -100,8 +117,14 @@ mod tests {
             parse_mirror_line(&["http://m:9", "resolve=5s"]).unwrap().resolve,
             Some(Duration::from_secs(5))
         );
-        let l = parse_mirror_line(&["http://$host:9/x$uri"]).unwrap();
-        assert!(l.dynamic());
+        let l = parse_mirror_line(&["http://$host:9/x$uri", "hosts=a:9,b:9"]).unwrap();
+        assert!(l.dynamic() && l.spec().is_ok());
+        assert_eq!(l.hosts, Some(vec!["a:9", "b:9"]));
+        assert!(
+            parse_mirror_line(&["http://$host:9/x$uri"]).unwrap().spec().is_err(),
+            "no list, no client-chosen host"
+        );
+        assert!(parse_mirror_line(&["http://m:9", "hosts=m:9"]).unwrap().spec().is_err());
         assert_eq!(l.path_kind(), PathKind::Target);
         for (args, err) in [
             (&["http://m:9", "sample=5%", "sample=6%"][..], "duplicate parameter \"sample=6%\""),
@@ -111,6 +134,10 @@ mod tests {
             (&["http://m:9", "weight=2"][..], "unknown parameter \"weight=2\""),
             (&["http://m:9", "resolve", "resolve=1s"][..], "duplicate parameter \"resolve=1s\""),
             (&["http://m:9", "resolve=0"][..], "invalid time \"0\" (must be greater than 0)"),
+            (
+                &["http://$h:9", "hosts=a,,b"][..],
+                "invalid parameter \"hosts=a,,b\" (expected hosts=HOST[:PORT],...)",
+            ),
         ] {
             assert_eq!(parse_mirror_line(args).unwrap_err(), err);
         }

@@ -22,6 +22,9 @@ pub struct TargetSpec {
     pub http2: bool,
     /// `resolve=TIME`: the host name is looked up again every TIME on the runtime.
     pub resolve: Option<std::time::Duration>,
+    /// `hosts=`: for a URL with variables in its host or port, the only `(host, port)`
+    /// pairs its copies may go to (lowercase host).
+    pub allowed: Vec<(String, u16)>,
 }
 
 /// Where one copy goes.
@@ -77,6 +80,7 @@ pub fn parse_target_with(written: &str, resolve: Option<std::time::Duration>) ->
             tls: None,
             http2: false,
             resolve,
+            allowed: Vec::new(),
         });
     }
     let addr = (url.host.as_str(), url.port)
@@ -91,6 +95,7 @@ pub fn parse_target_with(written: &str, resolve: Option<std::time::Duration>) ->
         tls: None,
         http2: false,
         resolve: None,
+        allowed: Vec::new(),
     })
 }
 
@@ -99,11 +104,14 @@ fn too_long(url: &str) -> String {
     format!("URL \"{start}...\" is longer than {} bytes", url::MAX_LEN)
 }
 
-/// A URL template with variables: checked at config time, evaluated per request.
+/// A URL template with variables: checked at config time, evaluated per request. When
+/// the variables are in its host or port, `hosts` lists where copies may go: a client
+/// must not choose where its request is sent (server-side request forgery).
 ///
 /// # Errors
-/// A template whose scheme is not a literal `http://` or `https://`.
-pub fn parse_template(written: &str) -> Result<TargetSpec, String> {
+/// A template whose scheme is not a literal `http://` or `https://`; variables in the
+/// host or port without `hosts=`; `hosts=` without such variables, or a malformed host.
+pub fn parse_template(written: &str, hosts: Option<&[&str]>) -> Result<TargetSpec, String> {
     let lower = written.to_ascii_lowercase();
     let https = lower.starts_with("https://");
     if !https && !lower.starts_with("http://") {
@@ -112,7 +120,33 @@ pub fn parse_template(written: &str) -> Result<TargetSpec, String> {
     if written.len() > url::MAX_LEN {
         return Err(too_long(written));
     }
-    Ok(TargetSpec { url: written.to_string(), https, dest: None, tls: None, http2: false, resolve: None })
+    let rest = written.split_once("://").map_or(written, |(_, r)| r);
+    let authority_vars = rest.split('/').next().unwrap_or("").contains('$');
+    let allowed = match (authority_vars, hosts) {
+        (true, None) => {
+            return Err(format!(
+                "variables in the host or port of \"{written}\" need hosts=HOST[:PORT],... \
+                 (the only places a client's copy may be sent)"
+            ));
+        }
+        (false, Some(_)) => {
+            return Err(format!("hosts= is for URLs with variables in the host or port, not \"{written}\""));
+        }
+        (_, hosts) => hosts
+            .unwrap_or(&[])
+            .iter()
+            .map(|h| url::parse_authority(h, https))
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    Ok(TargetSpec {
+        url: written.to_string(),
+        https,
+        dest: None,
+        tls: None,
+        http2: false,
+        resolve: None,
+        allowed,
+    })
 }
 
 /// Whether the path part of a template has variables: then the evaluated path is the
@@ -125,14 +159,29 @@ pub fn template_path_kind(written: &str) -> PathKind {
     }
 }
 
-/// Parses an evaluated template. Names are not looked up here: that happens on the runtime.
+/// Parses an evaluated template of `spec`. A path made of variables is percent-encoded
+/// where a request target cannot hold what they decoded to. Names are not looked up
+/// here: that happens on the runtime.
 ///
 /// # Errors
-/// Anything that is not a usable URL of the template's scheme.
-pub fn parse_dest(evaluated: &str, https: bool, kind: PathKind) -> Result<Dest, String> {
-    let url = Url::parse(evaluated, kind).map_err(|e| format!("{e:?}"))?;
-    if url.https != https {
+/// Anything that is not a usable URL of the template's scheme, or a place `hosts=` does
+/// not allow.
+pub fn parse_dest(evaluated: &[u8], spec: &TargetSpec, kind: PathKind) -> Result<Dest, String> {
+    let text = match kind {
+        PathKind::Target => url::encode_target(evaluated),
+        PathKind::Prefix => std::str::from_utf8(evaluated).map_err(|_| "not UTF-8")?.to_string(),
+    };
+    let url = Url::parse(&text, kind).map_err(|e| format!("{e:?}"))?;
+    if url.https != spec.https {
         return Err("scheme differs from the template's".into());
+    }
+    if !spec.allowed.is_empty()
+        && !spec.allowed.iter().any(|(h, p)| url.host.eq_ignore_ascii_case(h) && url.port == *p)
+    {
+        return Err(format!("{} is not among hosts=", url.authority()));
+    }
+    if kind == PathKind::Target && http::uri::PathAndQuery::try_from(url.path.as_str()).is_err() {
+        return Err("not a request target".into());
     }
     Ok(Dest::new(url, kind, None))
 }
@@ -156,17 +205,39 @@ mod tests {
 
     #[test]
     fn templates_and_dests() {
-        assert!(parse_template("http://$mirror:8080").unwrap().dest.is_none());
-        assert!(parse_template("$scheme://x").is_err());
+        let plain = parse_template("http://mirror:8080/v$uri", None).unwrap();
+        let https = parse_template("https://mirror/$uri", None).unwrap();
+        assert!(plain.dest.is_none() && plain.allowed.is_empty());
+        assert!(parse_template("$scheme://x", None).is_err());
+        let err = parse_template("http://$mirror:8080", None).unwrap_err();
+        assert!(
+            err.starts_with("variables in the host or port of \"http://$mirror:8080\" need hosts="),
+            "{err}"
+        );
+        assert!(parse_template("http://10.0.0.1:$arg_p", None).is_err(), "a client-chosen port too");
+        assert!(parse_template("http://m:1/$uri", Some(&["m:1"])).unwrap_err().starts_with("hosts= is for"));
+        let chosen =
+            parse_template("http://$arg_h:8080/p", Some(&["a.internal:8080", "B.internal:8080"])).unwrap();
+        assert_eq!(chosen.allowed, [("a.internal".to_string(), 8080), ("b.internal".to_string(), 8080)]);
         assert_eq!(template_path_kind("http://$host:1/fixed"), PathKind::Prefix);
         assert_eq!(template_path_kind("http://h:1/$uri"), PathKind::Target);
-        let d = parse_dest("http://10.1.2.3:8080/shadow/", false, PathKind::Prefix).unwrap();
+        let d = parse_dest(b"http://10.1.2.3:8080/shadow/", &plain, PathKind::Prefix).unwrap();
         assert_eq!((d.url.path.as_str(), d.authority.as_str()), ("/shadow", "10.1.2.3:8080"));
         assert_eq!(d.addr, Some("10.1.2.3:8080".parse().unwrap()));
-        let d = parse_dest("https://mirror/a/b?c=1", true, PathKind::Target).unwrap();
+        let d = parse_dest(b"https://mirror/a/b?c=1", &https, PathKind::Target).unwrap();
         assert_eq!((d.url.port, d.url.path.as_str(), d.addr), (443, "/a/b?c=1", None));
-        for bad in ["", "http://", "http://:80", "https://x", "ftp://x", "http://x:99999", "http://a b"] {
-            assert!(parse_dest(bad, false, PathKind::Prefix).is_err(), "{bad} accepted");
+        let d = parse_dest(b"http://m/shadow/a<b>#c d", &plain, PathKind::Target).unwrap();
+        assert_eq!(d.url.path, "/shadow/a%3Cb%3E%23c%20d", "decoded variables are encoded again, never cut");
+        for bad in
+            [&b""[..], b"http://", b"http://:80", b"https://x", b"ftp://x", b"http://x:99999", b"http://a b"]
+        {
+            assert!(parse_dest(bad, &plain, PathKind::Prefix).is_err(), "{bad:?} accepted");
         }
+        assert!(parse_dest(b"http://B.Internal:8080/p", &chosen, PathKind::Prefix).is_ok());
+        assert!(parse_dest(b"http://evil.example:8080/p", &chosen, PathKind::Prefix).is_err());
+        assert!(
+            parse_dest(b"http://a.internal:9090/p", &chosen, PathKind::Prefix).is_err(),
+            "the port counts"
+        );
     }
 }

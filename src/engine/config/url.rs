@@ -65,6 +65,9 @@ impl Url {
             PathKind::Prefix if path.contains(['?', '#']) => {
                 return Err("query and fragment are not allowed".into());
             }
+            PathKind::Prefix if !path.is_empty() && http::uri::PathAndQuery::try_from(path).is_err() => {
+                return Err("the path is not a valid request target".into());
+            }
             PathKind::Prefix if path == "/" => String::new(),
             PathKind::Prefix => path.trim_end_matches('/').to_string(),
             PathKind::Target if !path.starts_with('/') => return Err("no path".into()),
@@ -79,6 +82,31 @@ impl Url {
         let default = if self.https { 443 } else { 80 };
         if self.port == default { host } else { format!("{host}:{}", self.port) }
     }
+}
+
+/// Percent-encodes what a request target cannot hold (RFC 9112 §3.2, RFC 3986): controls,
+/// space, `"`, `#`, `<`, `>`, `\`, `^`, `` ` ``, `{`, `|`, `}`, DEL and bytes above 0x7f.
+/// A template's path made of decoded variables (`$uri`) then reaches the mirror as the
+/// path it means; `?` keeps separating the query, as with `proxy_pass` and variables.
+pub fn encode_target(raw: &[u8]) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for &b in raw {
+        if b <= b' ' || b >= 0x7f || b"\"#<>\\^`{|}".contains(&b) {
+            out.push_str(&format!("%{b:02X}"));
+        } else {
+            out.push(char::from(b));
+        }
+    }
+    out
+}
+
+/// `host[:port]` of a URL, the port defaulted by the scheme.
+///
+/// # Errors
+/// As for the host and port of a URL.
+pub fn parse_authority(hostport: &str, https: bool) -> Result<(String, u16), String> {
+    let (host, port) = split_host_port(hostport, if https { 443 } else { 80 })?;
+    Ok((host.to_ascii_lowercase(), port))
 }
 
 fn split_host_port(hostport: &str, default_port: u16) -> Result<(String, u16), String> {
@@ -116,6 +144,16 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
+    fn targets_are_encoded_not_cut() {
+        assert_eq!(encode_target(b"/a<b> c#d?q=\"1\"&e=\xff"), "/a%3Cb%3E%20c%23d?q=%221%22&e=%FF");
+        assert_eq!(encode_target(b"/plain/path?x=1"), "/plain/path?x=1");
+        let u = Url::parse(&format!("http://m{}", encode_target(b"/shadow/a<b>")), PathKind::Target).unwrap();
+        assert_eq!(u.path, "/shadow/a%3Cb%3E");
+        assert_eq!(parse_authority("Mirror.Internal", false), Ok(("mirror.internal".into(), 80)));
+        assert_eq!(parse_authority("m:8443", true), Ok(("m".into(), 8443)));
+    }
+
+    #[test]
     fn prefixes_and_targets() {
         let u = Url::parse("http://127.0.0.1/shadow/", PathKind::Prefix).unwrap();
         assert_eq!((u.port, u.path.as_str(), u.authority().as_str()), (80, "/shadow", "127.0.0.1"));
@@ -141,6 +179,7 @@ mod tests {
             "http://[::1]x",
             "http://ex ample",
             "http://h/a b",
+            "http://h/a<b",
         ] {
             assert!(Url::parse(bad, PathKind::Prefix).is_err(), "{bad} accepted");
         }

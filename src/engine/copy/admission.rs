@@ -106,6 +106,7 @@ impl Admission {
             opts,
             compare: None,
             log: None,
+            queued_at: std::time::Instant::now(),
             ticket,
             breaker,
             probe,
@@ -132,6 +133,8 @@ pub struct MirrorCopy {
     pub compare: Option<Comparison>,
     /// `async_mirror_log`: which file gets this copy's line.
     pub log: Option<usize>,
+    /// When it entered its target's backlog (set when it is handed to the lane).
+    pub queued_at: std::time::Instant,
     ticket: Ticket,
     breaker: Arc<Breaker>,
     probe: Option<Probe>,

@@ -10,43 +10,61 @@ use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use super::admission::{self, Admission, MirrorCopy};
-use super::life::{self, Logs};
+use super::life::{self, Flight, Logs};
 use crate::engine::capture::{Backlog, BodyRx, BodyTx, body_channel};
 use crate::engine::client::{Clock, CopyOptions, Target};
 use crate::engine::compare::{EndpointCounts, VerdictStats};
 use crate::engine::ids::{Table, TargetId};
 use crate::engine::outcome::{DropReason, Outcome, Ticket};
 
-/// A target and the channel to its lane.
+/// A target, its share of the backlog and the channel to its lane.
 struct Lane {
     target: Arc<Target>,
+    /// This target's share of the worker's backlog (jobs and bytes): a slow target's
+    /// copies wait in it and overflow it without taking another target's room.
+    backlog: Arc<Backlog>,
     /// Comparison verdicts of its copies, by endpoint and field.
     verdicts: Arc<VerdictStats>,
     /// `None` once the engine is shutting down.
     tx: Option<UnboundedSender<MirrorCopy>>,
 }
 
-/// Every target's lane in one worker, the backlog they share, and the breaker's clock:
-/// what the nginx thread admits copies into and hands them to.
+/// Every target's lane in one worker and the breaker's clock: what the nginx thread
+/// admits copies into and hands them to.
 pub struct Lanes {
     lanes: Table<TargetId, Lane>,
-    pub backlog: Arc<Backlog>,
     pub clock: Clock,
     pub logs: Logs,
 }
 
 impl Lanes {
-    pub fn new(backlog: Arc<Backlog>, logs: Logs) -> Lanes {
-        Lanes { lanes: Table::default(), backlog, clock: Clock::start(), logs }
+    pub fn new(logs: Logs) -> Lanes {
+        Lanes { lanes: Table::default(), clock: Clock::start(), logs }
     }
 
-    /// Adds a target's lane; its loop is what the caller must spawn on the runtime.
-    pub fn add(&mut self, target: Arc<Target>) -> impl Future<Output = ()> + Send + 'static {
+    /// Adds a target's lane with its share of the backlog; its loop is what the caller
+    /// must spawn on the runtime.
+    pub fn add(
+        &mut self,
+        target: Arc<Target>,
+        backlog: Arc<Backlog>,
+    ) -> impl Future<Output = ()> + Send + 'static {
         let (tx, rx) = unbounded_channel();
         let verdicts = Arc::new(VerdictStats::default());
-        let lane = run(target.clone(), verdicts.clone(), rx, self.clock, self.logs.clone());
-        self.lanes.push(Lane { target, verdicts, tx: Some(tx) });
-        lane
+        let lane = Flight { target: target.clone(), verdicts: verdicts.clone(), backlog: backlog.clone() };
+        let run = run(lane, rx, self.clock, self.logs.clone());
+        self.lanes.push(Lane { target, backlog, verdicts, tx: Some(tx) });
+        run
+    }
+
+    /// Target `id`'s share of the backlog.
+    pub fn backlog(&self, id: TargetId) -> Option<&Arc<Backlog>> {
+        self.lanes.get(id).map(|l| &l.backlog)
+    }
+
+    /// Copies waiting and bytes held, over every target.
+    pub fn queued(&self) -> (usize, usize) {
+        self.lanes.values().fold((0, 0), |(j, b), l| (j + l.backlog.jobs(), b + l.backlog.bytes()))
     }
 
     pub fn targets(&self) -> impl Iterator<Item = (TargetId, &Arc<Target>)> {
@@ -77,14 +95,15 @@ impl Lanes {
         let Some(lane) = self.lanes.get(id) else { return Err(Outcome::Dropped(DropReason::Shutdown)) };
         let stats = lane.target.stats.clone();
         let ticket = if held { Ticket::deferred(stats) } else { Ticket::new(stats) };
-        admission::admit(id, ticket, &lane.target.breaker, &self.backlog, early, opts, self.clock.now_ms())
+        admission::admit(id, ticket, &lane.target.breaker, &lane.backlog, early, opts, self.clock.now_ms())
     }
 
     /// Queues an admitted copy without waiting.
     ///
     /// # Errors
     /// `dropped{shutdown}` when the runtime is stopping (the copy was counted so).
-    pub fn submit(&self, copy: MirrorCopy) -> Result<(), Outcome> {
+    pub fn submit(&self, mut copy: MirrorCopy) -> Result<(), Outcome> {
+        copy.queued_at = Instant::now();
         // A copy that cannot be queued is dropped here, which counts it `dropped{shutdown}`.
         match self.lanes.get(copy.target).and_then(|l| l.tx.as_ref()) {
             Some(tx) => tx.send(copy).map_err(|_| Outcome::Dropped(DropReason::Shutdown)),
@@ -92,9 +111,9 @@ impl Lanes {
         }
     }
 
-    /// A body stream for one copy, charged to this worker's byte budget.
-    pub fn body_channel(&self, max: u64, length: Option<u64>) -> (BodyTx, BodyRx) {
-        body_channel(self.backlog.clone(), max, length)
+    /// A body stream for one copy to target `id`, charged to the target's share.
+    pub fn body_channel(&self, id: TargetId, max: u64, length: Option<u64>) -> Option<(BodyTx, BodyRx)> {
+        Some(body_channel(self.backlog(id)?.clone(), max, length))
     }
 
     /// Closes every lane's channel: each lane ends once its queue is empty.
@@ -151,25 +170,37 @@ impl Intake {
     }
 }
 
-async fn run(
-    target: Arc<Target>,
-    verdicts: Arc<VerdictStats>,
-    rx: UnboundedReceiver<MirrorCopy>,
-    clock: Clock,
-    logs: Logs,
-) {
+async fn run(lane: Flight, rx: UnboundedReceiver<MirrorCopy>, clock: Clock, logs: Logs) {
+    let target = lane.target.clone();
     let mut intake = Intake { rx, busy_until: None, sweep: tokio::time::interval(Duration::from_secs(1)) };
     while let Some(copy) = intake.next(&target).await {
-        // Waiting here keeps the copy in the backlog.
-        let Ok(permit) = target.inflight.clone().acquire_owned().await else { break };
-        target.wait_for_room().await;
+        // Waiting here keeps the copy in the backlog, at most until its timeout: a copy
+        // that waited that long is never sent late.
+        let left = copy.opts.timeout.saturating_sub(copy.queued_at.elapsed());
+        let room = async {
+            let permit = target.inflight.clone().acquire_owned().await.ok()?;
+            target.wait_for_room().await;
+            Some(permit)
+        };
+        let permit = match tokio::time::timeout(left, room).await {
+            Ok(Some(permit)) => permit,
+            Ok(None) => break,
+            Err(_) => {
+                life::ended_in_queue(copy, Outcome::Dropped(DropReason::QueueTimeout), &target, &logs);
+                continue;
+            }
+        };
+        if copy.queued_at.elapsed() >= copy.opts.timeout {
+            life::ended_in_queue(copy, Outcome::Dropped(DropReason::QueueTimeout), &target, &logs);
+            continue;
+        }
         let log = copy.log.map(|l| (l, copy.head.clone()));
         let Some(copy) = copy.depart(clock.now_ms()) else {
             // The breaker opened while it waited.
-            life::refused(log, &target, &logs);
+            life::refused(log, Outcome::Dropped(DropReason::BreakerOpen), &target, &logs);
             continue;
         };
         target.stats.inflight.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(life::fly(copy, target.clone(), verdicts.clone(), permit, clock, logs.clone()));
+        tokio::spawn(life::fly(copy, lane.clone(), permit, clock, logs.clone()));
     }
 }

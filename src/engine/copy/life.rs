@@ -10,48 +10,54 @@ use std::time::Instant;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::admission::MirrorCopy;
-use crate::engine::capture::{Backlog, Charge};
-use crate::engine::client::{Clock, MirrorResponse, Outgoing, Target};
-use crate::engine::compare::{Comparison, MismatchLog, Sinks, Verdict, VerdictStats};
-use crate::engine::outcome::{DropReason, Outcome};
+use crate::engine::capture::{Backlog, RequestHead};
+use crate::engine::client::{Clock, Keep, Outgoing, Target};
+use crate::engine::compare::{MismatchLog, Sinks, VerdictStats};
+use crate::engine::outcome::Outcome;
 use crate::engine::report::{CopyLog, Record};
 
-/// Where finished copies leave their lines, and the budget a kept response is charged to.
+/// Where finished copies leave their lines.
 #[derive(Clone)]
 pub struct Logs {
     pub mismatch: Arc<MismatchLog>,
     pub copies: Arc<CopyLog>,
+}
+
+/// What a flying copy's lane gives it: its target, the target's comparison counters and
+/// its share of the backlog (a kept response is charged to it).
+#[derive(Clone)]
+pub struct Flight {
+    pub target: Arc<Target>,
+    pub verdicts: Arc<VerdictStats>,
     pub backlog: Arc<Backlog>,
 }
 
-/// A copy the breaker stopped as it left the backlog (already counted): its log line.
-pub fn refused(
-    copy_log: Option<(usize, Arc<crate::engine::capture::RequestHead>)>,
-    target: &Target,
-    logs: &Logs,
-) {
+/// A copy that ended as it left the backlog (already counted): its log line.
+pub fn refused(copy_log: Option<(usize, Arc<RequestHead>)>, outcome: Outcome, target: &Target, logs: &Logs) {
     if let Some((l, head)) = copy_log {
-        let outcome = Outcome::Dropped(DropReason::BreakerOpen);
-        logs.copies.push(
-            l,
-            &Record::new(&target.spec.url, head.method.as_str().as_bytes(), &head.request_uri, outcome),
-        );
+        let record =
+            Record::new(&target.spec.url, head.method.as_str().as_bytes(), &head.request_uri, outcome);
+        logs.copies.push(l, &record);
     }
+}
+
+/// A copy that ends while still in the backlog: counted, and its log line.
+pub fn ended_in_queue(copy: MirrorCopy, outcome: Outcome, target: &Target, logs: &Logs) {
+    let log = copy.log.map(|l| (l, copy.head.clone()));
+    copy.finish(outcome);
+    refused(log, outcome, target, logs);
 }
 
 /// Sends a departed copy and ends it. The in-flight `permit` is given back as soon as the
 /// outcome is counted, before the comparison waits for the primary's answer.
-pub async fn fly(
-    mut copy: MirrorCopy,
-    target: Arc<Target>,
-    verdicts: Arc<VerdictStats>,
-    permit: OwnedSemaphorePermit,
-    clock: Clock,
-    logs: Logs,
-) {
+pub async fn fly(mut copy: MirrorCopy, lane: Flight, permit: OwnedSemaphorePermit, clock: Clock, logs: Logs) {
+    let Flight { target, verdicts, backlog } = lane;
     let started = Instant::now();
     let compare = copy.compare.take();
-    let keep = compare.as_ref().map_or(0, |c| c.settings.max_body);
+    // A compared copy keeps the answer's body, charged to the target's share as it is read.
+    let keep = compare
+        .as_ref()
+        .map_or_else(Keep::default, |c| Keep { max: c.settings.max_body, budget: Some(backlog.clone()) });
     let body_state = copy.body.as_ref().map(|b| b.state.clone());
     let out = Outgoing {
         head: &copy.head,
@@ -59,8 +65,9 @@ pub async fn fly(
         body: copy.body.take(),
         opts: copy.opts,
         probe: copy.is_probe(),
+        keep,
     };
-    let (outcome, resp) = target.deliver(out, keep, move || clock.now_ms()).await;
+    let (outcome, resp) = target.deliver(out, move || clock.now_ms()).await;
     let took = started.elapsed();
     target.stats.observe(took);
     target.stats.inflight.fetch_sub(1, Ordering::Relaxed);
@@ -77,36 +84,16 @@ pub async fn fly(
     record.duration = Some(took);
     record.body_bytes = Some(body_state.as_ref().map_or(0, |s| s.sent()));
     if let Some(c) = compare {
-        record.verdict = Some(join(c, resp, started + timeout, &target, &verdicts, &record, &logs).await);
+        let sinks = Sinks {
+            stats: &verdicts,
+            log: &logs.mismatch,
+            target: &target.spec.url,
+            method: &record.method,
+            uri: &record.uri,
+        };
+        record.verdict = Some(c.settle(resp, started + timeout, sinks).await);
     }
     if let Some(l) = log {
         logs.copies.push(l, &record);
     }
-}
-
-/// Compares the mirror's answer with the primary's (and the baseline's). The kept body
-/// is charged to the budget while it waits; with no room it is not compared.
-async fn join(
-    c: Comparison,
-    mut resp: Option<MirrorResponse>,
-    deadline: Instant,
-    target: &Target,
-    verdicts: &VerdictStats,
-    record: &Record<'_>,
-    logs: &Logs,
-) -> Verdict {
-    let mut charge = Charge::new(&logs.backlog);
-    if let Some(r) = resp.as_mut() {
-        if !charge.grow(r.body.len()) {
-            r.body = bytes::Bytes::new();
-        }
-    }
-    let sinks = Sinks {
-        stats: verdicts,
-        log: &logs.mismatch,
-        target: &target.spec.url,
-        method: &record.method,
-        uri: &record.uri,
-    };
-    c.settle(resp, deadline, sinks).await
 }

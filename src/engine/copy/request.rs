@@ -15,9 +15,9 @@ use super::select::{Selection, key_bucket};
 use crate::engine::capture::{BodyAbort, BodyTx, CaptureError, RequestHead};
 use crate::engine::client::CopyOptions;
 use crate::engine::compare::{CompareSettings, PrimaryCapture, RequestComparison};
-use crate::engine::config::{Dest, PathKind, parse_dest};
+use crate::engine::config::{Dest, PathKind, TargetSpec, parse_dest};
 use crate::engine::ids::{RateId, TargetId};
-use crate::engine::outcome::{DropReason, Fate, Outcome};
+use crate::engine::outcome::{DropReason, FailReason, Fate, Outcome};
 use crate::engine::report::Record;
 
 /// One `async_mirror` line as a location uses it.
@@ -42,6 +42,8 @@ pub struct Location<'a> {
     /// `async_mirror_body`.
     pub body: bool,
     pub body_max_size: u64,
+    /// `async_mirror_body_buffer_size`: bodies up to this size go once complete.
+    pub body_buffer_size: u64,
     /// `async_mirror_primary_status`: copies wait for one of these statuses.
     pub held: Option<&'a [(u16, u16)]>,
     pub compare: Option<&'a Arc<CompareSettings>>,
@@ -76,22 +78,39 @@ pub trait RequestView {
     fn capture(&self, no_body: bool) -> Result<RequestHead, CaptureError>;
     /// The endpoint label of a compared request.
     fn endpoint(&self) -> &[u8];
+    /// Whether the request is conditional or asks for a range (its answer's status may be
+    /// decided after the primary's capture).
+    fn conditional(&self) -> bool;
 }
 
 /// One request's copies, kept with the request for as long as it lives. Dropped with it:
 /// a body that never finished aborts its copies, an unfinished primary answer tells the
-/// comparisons it is incomplete, held copies are discarded.
+/// comparisons it is incomplete, copies held for the primary's status are discarded.
 #[derive(Default)]
 pub struct RequestCopies {
     fates: Vec<Fate>,
     /// The fates joined by commas, for the variable.
     variable: String,
     bodies: Vec<BodyTx>,
+    /// Body bytes seen so far, and the size up to which copies wait for the whole body.
+    body_seen: u64,
+    body_buffer_size: u64,
     /// The primary's answer as the response filters capture it (comparison on).
     primary: Option<PrimaryCapture>,
-    /// Copies waiting for the primary's status, with their place among the fates.
-    held: Vec<(usize, MirrorCopy)>,
+    /// Copies that wait on the nginx thread before they go to their lanes.
+    waiting: Vec<Waiting>,
     held_statuses: Vec<(u16, u16)>,
+}
+
+/// A copy that does not go yet: it waits for the primary's status
+/// (`async_mirror_primary_status`), or for the client's whole body, so that a slow
+/// upload never holds a mirror connection (or the mirror's timeout) while it trickles in.
+struct Waiting {
+    /// Its place among the fates.
+    at: usize,
+    copy: MirrorCopy,
+    status: bool,
+    body: bool,
 }
 
 /// The per-request decisions that do not change from target to target.
@@ -133,6 +152,7 @@ impl RequestCopies {
         if let Some(held) = loc.held {
             self.held_statuses = held.to_vec();
         }
+        self.body_buffer_size = loc.body_buffer_size;
         let has_baseline = routes.clone().any(|(_, r)| r.baseline);
         for (line, route) in routes {
             let fate = self.offer(&mut d, line, &route, has_baseline, lanes, select);
@@ -157,7 +177,7 @@ impl RequestCopies {
             return fate;
         }
         let mut dest = None;
-        let early = d.early(line, route, target.spec.https, &mut dest).and_then(|()| match route.rate {
+        let early = d.early(line, route, &target.spec, &mut dest).and_then(|()| match route.rate {
             Some(rate) if !select.take_token(rate, d.now) => Err(Outcome::Dropped(DropReason::RateLimited)),
             _ => Ok(()),
         });
@@ -175,33 +195,53 @@ impl RequestCopies {
         let no_body = d.facts.has_body && !d.stream_body;
         let head = d.head.get_or_insert_with(|| d.view.capture(no_body).map(Arc::new));
         let Ok(head) = head.as_ref().map(Arc::clone) else { return refused(admission.end(Outcome::Skipped)) };
-        let body = d.stream_body.then(|| {
-            let (tx, rx) = lanes.body_channel(d.loc.body_max_size, d.facts.length);
-            self.bodies.push(tx);
-            rx
-        });
+        let body = match d.stream_body {
+            true => lanes.body_channel(route.target, d.loc.body_max_size, d.facts.length).map(|(tx, rx)| {
+                self.bodies.push(tx);
+                rx
+            }),
+            false => None,
+        };
         let mut copy = match admission.into_copy(head, dest, body) {
             Ok(copy) => copy,
             Err(outcome) => return refused(outcome),
         };
         copy.log = d.loc.log;
         if let Some(settings) = d.loc.compare {
-            let comparison = d
-                .comparison
-                .get_or_insert_with(|| RequestComparison::new(settings, d.view.endpoint(), has_baseline));
-            let (part, capture) = comparison.part(&lanes.backlog, route.baseline);
+            let comparison = d.comparison.get_or_insert_with(|| {
+                RequestComparison::new(settings, d.view.endpoint(), has_baseline, d.view.conditional())
+            });
+            let Some(backlog) = lanes.backlog(route.target) else { return Fate::Ended(Outcome::Skipped) };
+            let (part, capture) = comparison.part(backlog, route.baseline);
             copy.compare = Some(part);
             if capture.is_some() {
                 self.primary = capture;
             }
         }
-        if held {
-            self.held.push((self.fates.len(), copy));
-            return Fate::Held;
+        // A body that fits the buffer is sent once complete (chunked ones until they outgrow it).
+        let body = d.stream_body && d.facts.length.is_none_or(|l| l <= d.loc.body_buffer_size);
+        if held || body {
+            self.waiting.push(Waiting { at: self.fates.len(), copy, status: held, body });
+            return if held { Fate::Held } else { Fate::Queued };
         }
         match lanes.submit(copy) {
             Ok(()) => Fate::Queued,
             Err(outcome) => refused(outcome),
+        }
+    }
+
+    /// Hands every copy that waits for nothing more to its lane.
+    fn release(&mut self, lanes: &Lanes) {
+        let (ready, waiting) =
+            std::mem::take(&mut self.waiting).into_iter().partition(|w| !w.status && !w.body);
+        self.waiting = waiting;
+        for w in ready {
+            let w: Waiting = w;
+            let fate = match lanes.submit(w.copy) {
+                Ok(()) => Fate::Queued,
+                Err(outcome) => Fate::Ended(outcome),
+            };
+            self.set(w.at, fate);
         }
     }
 
@@ -231,13 +271,19 @@ impl RequestCopies {
         !self.bodies.is_empty()
     }
 
-    /// A chunk of the body as nginx read it, to every copy still streaming.
-    pub fn body_chunk(&mut self, chunk: &[u8]) {
-        let chunk = Bytes::copy_from_slice(chunk);
+    /// A chunk of the body as nginx read it, to every copy still streaming. A body that
+    /// outgrows the buffer size is streamed: its copies go now.
+    pub fn body_chunk(&mut self, chunk: &[u8], lanes: &Lanes) {
+        let bytes = Bytes::copy_from_slice(chunk);
         for tx in &mut self.bodies {
             if tx.is_open() {
-                let _ = tx.send(&chunk);
+                let _ = tx.send(&bytes);
             }
+        }
+        self.body_seen += chunk.len() as u64;
+        if self.body_seen > self.body_buffer_size && self.waiting.iter().any(|w| w.body) {
+            self.waiting.iter_mut().for_each(|w| w.body = false);
+            self.release(lanes);
         }
     }
 
@@ -248,10 +294,15 @@ impl RequestCopies {
         }
     }
 
-    /// The whole body went by: the copies' streams end cleanly.
-    pub fn body_complete(&mut self) {
+    /// The whole body went by: the copies' streams end cleanly, and copies that waited
+    /// for it go.
+    pub fn body_complete(&mut self, lanes: &Lanes) {
         for tx in self.bodies.drain(..) {
             tx.finish();
+        }
+        if self.waiting.iter().any(|w| w.body) {
+            self.waiting.iter_mut().for_each(|w| w.body = false);
+            self.release(lanes);
         }
     }
 
@@ -262,43 +313,63 @@ impl RequestCopies {
 
     /// Whether copies wait for the primary's status.
     pub fn holds(&self) -> bool {
-        !self.held.is_empty()
+        self.waiting.iter().any(|w| w.status)
     }
 
-    /// The primary's status is known: held copies go, or are discarded (not copies, not
-    /// counted, like `sampled_out`).
+    /// The primary's status is known: held copies go (or wait on for the body), or are
+    /// discarded (not copies, not counted, like `sampled_out`).
     pub fn release_held(&mut self, status: u16, lanes: &Lanes) {
-        if self.held.is_empty() {
+        if !self.holds() {
             return;
         }
         let go = self.held_statuses.iter().any(|&(lo, hi)| (lo..=hi).contains(&status));
-        for (i, mut copy) in std::mem::take(&mut self.held) {
+        let (held, others): (Vec<Waiting>, Vec<Waiting>) =
+            std::mem::take(&mut self.waiting).into_iter().partition(|w| w.status);
+        self.waiting = others;
+        for mut w in held {
             if !go {
-                copy.discard();
-                self.set(i, Fate::PrimaryStatus);
+                w.copy.discard();
+                self.set(w.at, Fate::PrimaryStatus);
                 continue;
             }
-            copy.confirm();
-            let fate = match lanes.submit(copy) {
-                Ok(()) => Fate::Queued,
-                Err(outcome) => Fate::Ended(outcome),
-            };
-            self.set(i, fate);
+            w.copy.confirm();
+            w.status = false;
+            self.waiting.push(w);
+        }
+        self.release(lanes);
+    }
+}
+
+impl Drop for RequestCopies {
+    /// The request ended with copies still waiting: a held one never became a copy; one
+    /// that waited for the body lost it with the client.
+    fn drop(&mut self) {
+        for w in self.waiting.drain(..) {
+            if w.status {
+                w.copy.discard();
+            } else {
+                w.copy.finish(Outcome::Failed(FailReason::BodyAborted));
+            }
         }
     }
 }
 
 impl<V: RequestView> Decision<'_, V> {
     /// The checks made for one target before anything is captured.
-    fn early(&self, line: usize, route: &Route, https: bool, dest: &mut Option<Dest>) -> Result<(), Outcome> {
+    fn early(
+        &self,
+        line: usize,
+        route: &Route,
+        spec: &TargetSpec,
+        dest: &mut Option<Dest>,
+    ) -> Result<(), Outcome> {
         if self.facts.skip {
             return Err(Outcome::Skipped);
         }
-        // A URL with variables is evaluated here, on the nginx thread; one that is empty
-        // or not a URL of the template's scheme is not copied.
+        // A URL with variables is evaluated here, on the nginx thread; one that is empty,
+        // not a URL of the template's scheme, or a place `hosts=` does not allow is not copied.
         if let Some(kind) = route.template {
-            let url = std::str::from_utf8(self.view.url(line)).unwrap_or("");
-            *dest = Some(parse_dest(url, https, kind).map_err(|_| Outcome::Skipped)?);
+            *dest = Some(parse_dest(self.view.url(line), spec, kind).map_err(|_| Outcome::Skipped)?);
         }
         if self.too_large {
             return Err(Outcome::Dropped(DropReason::BodyTooLarge));

@@ -12,11 +12,16 @@ pub enum FailReason {
     Timeout,
     Reset,
     BodyAborted,
+    /// The copy's time ran out while the client's body was still arriving: the client's
+    /// slowness, not the mirror's (the breaker does not hear of it).
+    BodySlow,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
     QueueFull,
+    /// Waited in its target's backlog longer than its `async_mirror_timeout`: never sent late.
+    QueueTimeout,
     BodyTooLarge,
     BreakerOpen,
     RateLimited,
@@ -37,7 +42,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, in counter-slot order.
-    pub const ALL: [Outcome; 12] = [
+    pub const ALL: [Outcome; 14] = [
         Outcome::Ok,
         Outcome::Status4xx,
         Outcome::Status5xx,
@@ -45,7 +50,9 @@ impl Outcome {
         Outcome::Failed(FailReason::Timeout),
         Outcome::Failed(FailReason::Reset),
         Outcome::Failed(FailReason::BodyAborted),
+        Outcome::Failed(FailReason::BodySlow),
         Outcome::Dropped(DropReason::QueueFull),
+        Outcome::Dropped(DropReason::QueueTimeout),
         Outcome::Dropped(DropReason::BodyTooLarge),
         Outcome::Dropped(DropReason::BreakerOpen),
         Outcome::Dropped(DropReason::RateLimited),
@@ -84,9 +91,11 @@ impl Outcome {
                 FailReason::Timeout => "timeout",
                 FailReason::Reset => "reset",
                 FailReason::BodyAborted => "body_aborted",
+                FailReason::BodySlow => "body_slow",
             },
             Outcome::Dropped(r) => match r {
                 DropReason::QueueFull => "queue_full",
+                DropReason::QueueTimeout => "queue_timeout",
                 DropReason::BodyTooLarge => "body_too_large",
                 DropReason::BreakerOpen => "breaker_open",
                 DropReason::RateLimited => "rate_limited",
@@ -156,6 +165,7 @@ impl Fate {
             Fate::PrimaryStatus => "primary_status",
             Fate::Ended(Outcome::Dropped(r)) => match r {
                 DropReason::QueueFull => "dropped:queue_full",
+                DropReason::QueueTimeout => "dropped:queue_timeout",
                 DropReason::BodyTooLarge => "dropped:body_too_large",
                 DropReason::BreakerOpen => "dropped:breaker_open",
                 DropReason::RateLimited => "dropped:rate_limited",

@@ -2,8 +2,9 @@
 //! decided (the nginx thread at admission, or the runtime) to the nginx thread's timer,
 //! which appends them to the files nginx opened (and reopens on `nginx -s reopen`).
 //!
-//! Lines wait in memory, bounded: past [`PENDING_MAX`] they are lost and counted, as
-//! are lines a failed write loses. Copies and requests are never affected.
+//! Lines wait in memory, bounded in bytes: past [`PENDING_BYTES`] they are lost and
+//! counted, as are lines a failed write loses.
+//! Copies and requests are never affected.
 
 use std::borrow::Cow;
 use std::sync::Mutex;
@@ -15,8 +16,9 @@ use serde_json::json;
 use crate::engine::compare::{Verdict, iso8601};
 use crate::engine::outcome::Outcome;
 
-/// Lines waiting for the nginx thread (about 250 ms of a busy worker's copies).
-pub const PENDING_MAX: usize = 65_536;
+/// Bytes of lines waiting for the nginx thread (each carries the whole URI): about 250 ms
+/// of a busy worker's copies.
+pub const PENDING_BYTES: usize = 4 << 20;
 
 /// What a line says about one copy.
 #[derive(Debug, Clone)]
@@ -78,8 +80,14 @@ impl<'a> Record<'a> {
 }
 
 #[derive(Debug, Default)]
+struct Lines {
+    lines: Vec<(usize, String)>,
+    bytes: usize,
+}
+
+#[derive(Debug, Default)]
 pub struct CopyLog {
-    pending: Mutex<Vec<(usize, String)>>,
+    pending: Mutex<Lines>,
     pub written: AtomicU64,
     pub lost: AtomicU64,
 }
@@ -87,18 +95,23 @@ pub struct CopyLog {
 impl CopyLog {
     /// From any thread; the line is built only if there is room for it.
     pub fn push(&self, log: usize, record: &Record<'_>) {
-        match self.pending.lock() {
-            Ok(mut p) if p.len() < PENDING_MAX => p.push((log, record.line())),
-            _ => {
-                self.lost.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut p) = self.pending.lock() {
+            if p.bytes < PENDING_BYTES {
+                let line = record.line();
+                if p.bytes + line.len() <= PENDING_BYTES {
+                    p.bytes += line.len();
+                    p.lines.push((log, line));
+                    return;
+                }
             }
         }
+        self.lost.fetch_add(1, Ordering::Relaxed);
     }
 
     /// From the nginx thread; a busy lock means next tick.
     pub fn take(&self) -> Vec<(usize, String)> {
         match self.pending.try_lock() {
-            Ok(mut p) => std::mem::take(&mut *p),
+            Ok(mut p) => std::mem::take(&mut *p).lines,
             Err(_) => Vec::new(),
         }
     }
@@ -134,9 +147,14 @@ mod tests {
         assert_eq!((v["outcome"].as_str(), v["reason"].as_str()), (Some("failed"), Some("connect")));
         assert_eq!((v["uri"].as_str(), v["duration_ms"].as_f64()), (Some("/a?\"b\""), Some(1.5)));
         assert!(v["status"].is_null() && v.get("verdict").is_none());
-        for _ in 0..PENDING_MAX + 5 {
-            log.push(0, &r);
+        // Long URIs: lines are bounded in bytes, not only in number.
+        let long = "/".to_string() + &"u".repeat(64 << 10);
+        let big = Record { uri: long.as_str().into(), ..r.clone() };
+        for _ in 0..100 {
+            log.push(0, &big);
         }
-        assert_eq!(log.counts(), [0, 5]);
+        let kept = log.take();
+        assert!(kept.len() < 70 && kept.iter().map(|(_, l)| l.len()).sum::<usize>() <= PENDING_BYTES);
+        assert_eq!(log.counts(), [0, 100 - kept.len() as u64]);
     }
 }

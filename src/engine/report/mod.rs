@@ -3,12 +3,14 @@
 
 mod copy_log;
 mod html;
+mod line_file;
 mod prometheus;
 mod snapshot;
 mod status_json;
 
 pub use copy_log::{CopyLog, Record};
 pub use html::{CONTENT_TYPE as HTML_CONTENT_TYPE, html};
+pub use line_file::LineFile;
 pub use prometheus::{PROMETHEUS_CONTENT_TYPE, prometheus};
 pub use snapshot::{Snapshot, TargetSnapshot, merge_by_url};
 pub use status_json::json;

@@ -76,7 +76,7 @@ pub fn sample() -> Snapshot {
             connections: 2,
             compare: vec![EndpointCounts {
                 name: "/api".into(),
-                verdicts: [5, 1, 0, 0, 0, 0, 0, 0, 1],
+                verdicts: [5, 1, 0, 0, 0, 0, 0, 0, 1, 0],
                 fields: vec![("json:$.a\"".into(), [1, 0])],
             }],
             ov: Override::default(),

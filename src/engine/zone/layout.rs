@@ -1,7 +1,8 @@
 //! The table in `async_mirror_zone`'s shared memory: a header, then one slot per target,
-//! then the endpoint area comparisons claim from. Every field is an atomic, so workers
-//! (and the master, which assigns target slots while loading a configuration) share it
-//! without locks; the nginx layer only maps it.
+//! then the endpoint area comparisons claim from, then one row per running worker for
+//! its gauges. Every field is an atomic, so workers (and the master, which assigns
+//! target slots while loading a configuration) share it without locks; the nginx layer
+//! only maps it.
 
 use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
 
@@ -13,7 +14,7 @@ pub const URL_MAX: usize = 512;
 
 /// The table's layout: bump the low bits whenever `Header` or a slot changes. The high
 /// bits ("LAYT") make it distinct from the slot count the first layout kept here.
-pub const LAYOUT: u64 = 0x4c41_5954_0000_0005;
+pub const LAYOUT: u64 = 0x4c41_5954_0000_0006;
 
 /// The smallest zone that holds one target.
 pub const MIN_SIZE: usize = 32 * 1024;
@@ -24,10 +25,10 @@ pub struct Header {
     pub layout: AtomicU64,
     pub slot_size: AtomicU64,
     pub slots: AtomicU64,
-    pub queue_jobs: AtomicI64,
-    pub queue_bytes: AtomicI64,
     /// Slots of the endpoint area that follows the target slots.
     pub endpoints: AtomicU64,
+    /// Worker rows after the endpoint area (each `row_len(slots)` cells).
+    pub rows: AtomicU64,
     pub log_lines: [AtomicU64; 3],
     /// `async_mirror_log` lines: written, lost.
     pub copy_lines: [AtomicU64; 2],
@@ -78,15 +79,13 @@ pub struct TargetSlot {
     pub used: AtomicU64,
     pub url: Text<URL_MAX>,
     pub counters: [AtomicU64; slot::COUNTERS],
-    pub inflight: AtomicI64,
-    pub breaker_open: AtomicI64,
-    pub connections: AtomicI64,
     /// Named endpoints claimed for this target in the endpoint area.
     pub endpoint_count: AtomicU64,
-    /// `async_mirror_api` overrides: 0 unset, 1 paused, 2 running.
-    pub override_paused: AtomicU64,
-    /// 0 unset, else the sample in ppm plus one.
-    pub override_sample: AtomicU64,
+    /// The `async_mirror_api` override as one word (`Override::to_word`).
+    pub override_word: AtomicU64,
+    /// Bumped whenever the slot is assigned or freed, so a worker of an older
+    /// configuration stops adding to a slot that now names another target.
+    pub epoch: AtomicU64,
     /// Endpoints past the bound (or past the area's room).
     pub other: EndpointSlot,
 }
@@ -138,12 +137,9 @@ impl Default for TargetSlot {
             used: AtomicU64::new(0),
             url: Text::new(),
             counters: zeros(),
-            inflight: AtomicI64::new(0),
-            breaker_open: AtomicI64::new(0),
-            connections: AtomicI64::new(0),
             endpoint_count: AtomicU64::new(0),
-            override_paused: AtomicU64::new(0),
-            override_sample: AtomicU64::new(0),
+            override_word: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
             other: EndpointSlot::default(),
         }
     }
@@ -156,9 +152,8 @@ impl Default for Header {
             layout: AtomicU64::new(0),
             slot_size: AtomicU64::new(0),
             slots: AtomicU64::new(0),
-            queue_jobs: AtomicI64::new(0),
-            queue_bytes: AtomicI64::new(0),
             endpoints: AtomicU64::new(0),
+            rows: AtomicU64::new(0),
             log_lines: zeros(),
             copy_lines: zeros(),
         }
@@ -178,30 +173,44 @@ impl Header {
     }
 
     /// Marks fresh, zeroed memory as a table of `layout` with these many slots.
-    pub fn init(&self, layout: u64, capacity: usize, endpoints: usize) {
+    pub fn init(&self, layout: u64, (capacity, endpoints, rows): (usize, usize, usize)) {
         self.slots.store(capacity as u64, Ordering::Release);
         self.endpoints.store(endpoints as u64, Ordering::Release);
+        self.rows.store(rows as u64, Ordering::Release);
         self.slot_size.store(size_of::<TargetSlot>() as u64, Ordering::Release);
         self.layout.store(layout, Ordering::Release);
         self.magic.store(MAGIC, Ordering::Release);
     }
 
-    pub fn capacity(&self) -> (usize, usize) {
-        (self.slots.load(Ordering::Acquire) as usize, self.endpoints.load(Ordering::Acquire) as usize)
+    /// Target slots, endpoint slots and worker rows.
+    pub fn capacity(&self) -> (usize, usize, usize) {
+        let get = |a: &AtomicU64| a.load(Ordering::Acquire) as usize;
+        (get(&self.slots), get(&self.endpoints), get(&self.rows))
     }
 }
 
-/// Bytes of a table with `capacity` target slots and `endpoints` endpoint slots.
-pub fn table_bytes(capacity: usize, endpoints: usize) -> usize {
-    size_of::<Header>() + capacity * size_of::<TargetSlot>() + endpoints * size_of::<EndpointSlot>()
+/// Cells of one worker row: its process id, its backlog (jobs, bytes), then three gauges
+/// (in flight, breaker open, connections) per target slot.
+pub fn row_len(capacity: usize) -> usize {
+    3 + 3 * capacity
 }
 
-/// The first table tried for a zone of `size` bytes: half for targets, the rest for the
-/// endpoints comparisons name (the slab allocator's own overhead shrinks it on retry).
-pub fn plan(size: usize) -> (usize, usize) {
-    let capacity = (size / 2 / size_of::<TargetSlot>()).max(1);
-    let endpoints = size.saturating_sub(capacity * size_of::<TargetSlot>()) / size_of::<EndpointSlot>();
-    (capacity, endpoints)
+/// Bytes of a table with these many target slots, endpoint slots and worker rows.
+pub fn table_bytes((capacity, endpoints, rows): (usize, usize, usize)) -> usize {
+    size_of::<Header>()
+        + capacity * size_of::<TargetSlot>()
+        + endpoints * size_of::<EndpointSlot>()
+        + rows * row_len(capacity) * size_of::<AtomicI64>()
+}
+
+/// The first table tried for a zone of `size` bytes: a quarter for targets, half for the
+/// endpoints comparisons name, a quarter for worker rows (the slab allocator's own
+/// overhead shrinks it on retry).
+pub fn plan(size: usize) -> (usize, usize, usize) {
+    let capacity = (size / 4 / size_of::<TargetSlot>()).max(1);
+    let endpoints = size / 2 / size_of::<EndpointSlot>();
+    let rows = (size / 4 / (row_len(capacity) * size_of::<AtomicI64>())).max(1);
+    (capacity, endpoints, rows)
 }
 
 #[cfg(test)]
@@ -222,8 +231,11 @@ mod tests {
     #[test]
     fn a_planned_table_fits_its_zone() {
         for size in [MIN_SIZE, 64 << 10, 1 << 20] {
-            let (c, e) = plan(size);
-            assert!(c >= 1 && table_bytes(c, e) <= size + size_of::<Header>(), "{size}: {c} {e}");
+            let (c, e, r) = plan(size);
+            assert!(
+                c >= 1 && r >= 16 && table_bytes((c, e, r)) <= size + size_of::<Header>(),
+                "{size}: {c} {e} {r}"
+            );
         }
     }
 }

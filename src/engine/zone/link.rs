@@ -1,28 +1,37 @@
 //! One worker's link to the zone: the slots of its targets, and what it already added,
-//! so each fold adds only what changed since the last (counters as deltas, gauges as the
-//! change of this worker's share, withdrawn when the worker exits).
+//! so each fold adds only what changed since the last. Counters are added as deltas;
+//! gauges are written whole into the worker's own row, which it clears when it exits
+//! (and which others clear if it was killed).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::layout::{EndpointSlot, TargetSlot};
+use super::claim::Claimer;
+use super::layout::EndpointSlot;
 use super::table::ZoneTable;
 use crate::engine::compare::{EndpointCounts, Verdict};
 use crate::engine::control::Override;
 use crate::engine::ids::{Table, TargetId};
-use crate::engine::outcome::{CounterVec, Gauges, slot};
+use crate::engine::outcome::{CounterVec, slot};
 use crate::engine::runtime::Engine;
+
+/// Whether a process is still running (the nginx layer asks the system).
+pub type Alive = fn(u64) -> bool;
 
 pub struct ZoneLink {
     pub table: ZoneTable<'static>,
-    /// Each target's slot index (its API id), if the master assigned one.
-    indexes: Table<TargetId, Option<usize>>,
+    pid: u64,
+    alive: Alive,
+    /// This worker's row of gauges, if the zone had one free.
+    row: Option<usize>,
+    /// Each target's slot index (its API id) and the slot's epoch when this worker
+    /// started: a slot whose epoch changed was freed or given to another target.
+    slots: Table<TargetId, Option<(usize, u64)>>,
     last: Table<TargetId, CounterVec>,
-    last_gauges: Table<TargetId, Gauges>,
-    last_queue: (i64, i64),
     /// Per target, this worker's endpoints (in the order the engine lists them) in the zone.
     compare: Table<TargetId, Vec<EndpointLink>>,
     last_lines: [u64; 3],
     last_copy_lines: [u64; 2],
+    folds: u64,
 }
 
 /// One of this worker's endpoints, its slot in the zone and what was already added.
@@ -33,46 +42,55 @@ struct EndpointLink {
 }
 
 impl ZoneLink {
-    pub fn new(table: ZoneTable<'static>, engine: &Engine) -> ZoneLink {
-        let indexes: Table<TargetId, Option<usize>> =
-            engine.targets().map(|(_, spec, _)| table.index_of(&spec.url)).collect();
+    /// Links worker `pid` to the zone: rows that dead workers left are cleared first.
+    pub fn new(table: ZoneTable<'static>, engine: &Engine, pid: u64, alive: Alive) -> ZoneLink {
+        table.rows.clear_dead(pid, None, &alive);
+        let row = table.rows.claim(pid);
+        let slots: Table<TargetId, Option<(usize, u64)>> = engine
+            .targets()
+            .map(|(_, spec, _)| table.index_of(&spec.url).map(|i| (i, table.epoch(i))))
+            .collect();
         ZoneLink {
             table,
-            last: indexes.map(|_| [0; slot::COUNTERS]),
-            last_gauges: indexes.map(|_| Gauges::default()),
-            compare: indexes.map(|_| Vec::new()),
-            indexes,
-            last_queue: (0, 0),
+            pid,
+            alive,
+            row,
+            last: slots.map(|_| [0; slot::COUNTERS]),
+            compare: slots.map(|_| Vec::new()),
+            slots,
             last_lines: [0; 3],
             last_copy_lines: [0; 2],
+            folds: 0,
         }
     }
 
     /// The API's overrides of this worker's targets, as the zone holds them now.
     pub fn overrides(&self) -> Table<TargetId, Override> {
-        self.indexes.map(|i| i.map_or_else(Override::default, |i| self.table.override_of(i)))
+        self.slots.map(|s| s.map_or_else(Override::default, |(i, _)| self.table.override_of(i)))
     }
 
-    fn slot(&self, id: TargetId) -> Option<(usize, &'static TargetSlot)> {
-        self.indexes.get(id).copied().flatten().map(|i| (i, self.table.slot(i)))
+    /// Target `id`'s slot, while it is still the one this worker started with.
+    fn slot(&self, id: TargetId) -> Option<usize> {
+        let (i, epoch) = self.slots.get(id).copied().flatten()?;
+        (self.table.epoch(i) == epoch).then_some(i)
     }
 
-    /// Adds what changed since the last fold; `last_fold` withdraws this worker's gauges.
+    /// Adds what changed since the last fold; the last fold clears this worker's row.
     pub fn fold(&mut self, engine: &Engine, last_fold: bool) {
         for (id, _, stats) in engine.targets() {
-            let Some((index, slot)) = self.slot(id) else { continue };
-            let (Some(last), Some(last_g)) = (self.last.get_mut(id), self.last_gauges.get_mut(id)) else {
-                continue;
-            };
+            let Some(index) = self.slot(id) else { continue };
+            let Some(last) = self.last.get_mut(id) else { continue };
             let now = stats.snapshot();
             let delta: CounterVec = std::array::from_fn(|k| now[k].wrapping_sub(last[k]));
-            slot.add(&delta);
+            self.table.slot(index).add(&delta);
             *last = now;
-            let g = if last_fold { Gauges::default() } else { engine.gauges(id) };
-            slot.add_gauges(g, *last_g);
-            *last_g = g;
-            if let (Some(links), Some(now)) = (self.compare.get_mut(id), engine.verdicts(id)) {
-                fold_compare(&self.table, index, links, &now);
+            if let Some(row) = self.row {
+                self.table.rows.set(row, index, engine.gauges(id));
+            }
+            if let Some(now) = engine.verdicts(id) {
+                let who = Claimer { pid: self.pid, alive: &self.alive };
+                let links = self.compare.get_mut(id).expect("a table per target");
+                fold_compare(&self.table, index, links, &now, who);
             }
         }
         let lines = engine.mismatch_log().counts.snapshot();
@@ -82,9 +100,18 @@ impl ZoneLink {
         self.table.add_log_lines(delta, copies_delta);
         self.last_lines = lines;
         self.last_copy_lines = copies;
-        let q = if last_fold { (0, 0) } else { (engine.queued_jobs() as i64, engine.queued_bytes() as i64) };
-        self.table.add_queue(q.0 - self.last_queue.0, q.1 - self.last_queue.1);
-        self.last_queue = q;
+        if let Some(row) = self.row {
+            self.table.rows.set_queue(row, engine.queued_jobs() as i64, engine.queued_bytes() as i64);
+            if last_fold {
+                self.table.rows.release(row, self.pid);
+                self.row = None;
+            }
+        }
+        // Once a second, rows of workers that were killed.
+        self.folds += 1;
+        if self.folds % 4 == 0 {
+            self.table.rows.clear_dead(self.pid, self.row, &self.alive);
+        }
     }
 }
 
@@ -94,10 +121,11 @@ fn fold_compare(
     index: usize,
     links: &mut Vec<EndpointLink>,
     now: &[EndpointCounts],
+    who: Claimer<'_>,
 ) {
     for (i, e) in now.iter().enumerate() {
         if links.len() <= i {
-            let slot = table.endpoint_of(index, &e.name);
+            let slot = table.endpoint_of(index, &e.name, who);
             links.push(EndpointLink { slot, last: [0; Verdict::COUNT], fields: Vec::new() });
         }
         let link = &mut links[i];
@@ -110,7 +138,7 @@ fn fold_compare(
         }
         for (j, (name, counts)) in e.fields.iter().enumerate() {
             if link.fields.len() <= j {
-                link.fields.push((ep.field(name), [0; 2]));
+                link.fields.push((ep.field(name, who), [0; 2]));
             }
             let (dst, last) = &mut link.fields[j];
             for side in 0..2 {

@@ -6,8 +6,10 @@
 mod claim;
 mod layout;
 mod link;
+mod rows;
 mod table;
 
-pub use layout::{EndpointSlot, Header, LAYOUT, MIN_SIZE, TargetSlot, plan, table_bytes};
+pub use layout::{EndpointSlot, Header, LAYOUT, MIN_SIZE, TargetSlot, plan, row_len, table_bytes};
 pub use link::ZoneLink;
+pub use rows::WorkerRows;
 pub use table::ZoneTable;

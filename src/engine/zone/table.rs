@@ -1,16 +1,18 @@
 //! A view of the zone's table: target slots keyed by URL (assigned by the master while it
-//! loads a configuration), their counters, gauges and API overrides, and the endpoint
-//! area comparisons claim while traffic flows.
+//! loads a configuration, freed when a configuration no longer names them), their
+//! counters and API overrides, the endpoint area comparisons claim while traffic flows,
+//! and the workers' rows of gauges.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::claim::{FREE, READY, find_or_claim};
+use super::claim::{Claimer, FREE, READY, find_or_claim};
 use super::layout::{EndpointSlot, Header, TargetSlot};
+use super::rows::WorkerRows;
 use crate::engine::compare::{ENDPOINTS, EndpointCounts, OTHER};
 use crate::engine::control::Override;
+use crate::engine::outcome::CounterVec;
 #[cfg(test)]
 use crate::engine::outcome::slot;
-use crate::engine::outcome::{CounterVec, Gauges};
 use crate::engine::report::TargetSnapshot;
 
 /// The table as one configuration sees it; the memory lives as long as the zone.
@@ -19,11 +21,12 @@ pub struct ZoneTable<'a> {
     header: &'a Header,
     slots: &'a [TargetSlot],
     endpoints: &'a [EndpointSlot],
+    pub rows: WorkerRows<'a>,
 }
 
 impl EndpointSlot {
     /// The counters of `field` (`other` past the bound).
-    pub fn field(&self, field: &str) -> &[AtomicU64; 2] {
+    pub fn field(&self, field: &str, who: Claimer<'_>) -> &[AtomicU64; 2] {
         if field == OTHER {
             return &self.other_field;
         }
@@ -36,6 +39,7 @@ impl EndpointSlot {
                 f.name.set(name);
                 true
             },
+            who,
         )
         .map_or(&self.other_field, |f| &f.counts)
     }
@@ -62,6 +66,19 @@ impl EndpointSlot {
     fn is_empty(&self) -> bool {
         self.verdicts.iter().all(|v| v.load(Ordering::Relaxed) == 0)
     }
+
+    /// Back to an unclaimed, empty slot (its target's slot was freed).
+    fn reset(&self) {
+        let zero = |c: &AtomicU64| c.store(0, Ordering::Relaxed);
+        self.verdicts.iter().for_each(zero);
+        self.other_field.iter().for_each(zero);
+        for f in &self.fields {
+            f.counts.iter().for_each(zero);
+            f.name.set(b"");
+            f.state.store(FREE, Ordering::Release);
+        }
+        self.name.set(b"");
+    }
 }
 
 impl TargetSlot {
@@ -73,21 +90,27 @@ impl TargetSlot {
         }
     }
 
-    /// Adds the change of one worker's gauges.
-    pub fn add_gauges(&self, now: Gauges, before: Gauges) {
-        self.inflight.fetch_add(now.inflight - before.inflight, Ordering::Relaxed);
-        self.breaker_open.fetch_add(now.breaker_open - before.breaker_open, Ordering::Relaxed);
-        self.connections.fetch_add(now.connections - before.connections, Ordering::Relaxed);
-    }
-
     fn in_use(&self) -> bool {
         self.used.load(Ordering::Acquire) == 1
+    }
+
+    /// The slot's counters, override and `other` endpoint back to zero.
+    fn reset(&self) {
+        self.counters.iter().for_each(|c| c.store(0, Ordering::Relaxed));
+        self.endpoint_count.store(0, Ordering::Relaxed);
+        self.override_word.store(0, Ordering::Relaxed);
+        self.other.reset();
     }
 }
 
 impl<'a> ZoneTable<'a> {
-    pub fn new(header: &'a Header, slots: &'a [TargetSlot], endpoints: &'a [EndpointSlot]) -> Self {
-        ZoneTable { header, slots, endpoints }
+    pub fn new(
+        header: &'a Header,
+        slots: &'a [TargetSlot],
+        endpoints: &'a [EndpointSlot],
+        rows: WorkerRows<'a>,
+    ) -> Self {
+        ZoneTable { header, slots, endpoints, rows }
     }
 
     pub fn capacity(&self) -> usize {
@@ -95,12 +118,12 @@ impl<'a> ZoneTable<'a> {
     }
 
     fn used(&self) -> impl Iterator<Item = (usize, &'a TargetSlot)> {
-        self.slots.iter().enumerate().take_while(|(_, s)| s.in_use())
+        self.slots.iter().enumerate().filter(|(_, s)| s.in_use())
     }
 
     /// The endpoint `name` of target slot `i`: claimed on first use, the target's `other`
     /// past [`ENDPOINTS`] named endpoints or when the area is full.
-    pub fn endpoint_of(&self, i: usize, name: &str) -> &'a EndpointSlot {
+    pub fn endpoint_of(&self, i: usize, name: &str, who: Claimer<'_>) -> &'a EndpointSlot {
         let slot = &self.slots[i];
         if name == OTHER {
             return &slot.other;
@@ -119,6 +142,7 @@ impl<'a> ZoneTable<'a> {
                 e.name.set(name);
                 true
             },
+            who,
         )
         .unwrap_or(&slot.other)
     }
@@ -128,7 +152,6 @@ impl<'a> ZoneTable<'a> {
         let mut out = Vec::new();
         for e in self.endpoints {
             match e.state.load(Ordering::Acquire) {
-                FREE => break,
                 READY if e.target.load(Ordering::Acquire) == i as u64 => {
                     out.push(e.read(&String::from_utf8_lossy(&e.name.get())));
                 }
@@ -145,30 +168,26 @@ impl<'a> ZoneTable<'a> {
     /// The API's override of target slot `i`.
     pub fn override_of(&self, i: usize) -> Override {
         let Some(s) = self.slots.get(i).filter(|s| s.in_use()) else { return Override::default() };
-        Override {
-            paused: match s.override_paused.load(Ordering::Acquire) {
-                1 => Some(true),
-                2 => Some(false),
-                _ => None,
-            },
-            sample_ppm: match s.override_sample.load(Ordering::Acquire) {
-                0 => None,
-                v => Some((v - 1) as u32),
-            },
-        }
+        Override::from_word(s.override_word.load(Ordering::Acquire))
     }
 
-    /// Sets target slot `i`'s override; each worker applies it on its next tick.
-    pub fn set_override(&self, i: usize, ov: Override) -> bool {
-        let Some(s) = self.slots.get(i).filter(|s| s.in_use()) else { return false };
-        let paused = match ov.paused {
-            None => 0,
-            Some(true) => 1,
-            Some(false) => 2,
-        };
-        s.override_paused.store(paused, Ordering::Release);
-        s.override_sample.store(ov.sample_ppm.map_or(0, |p| u64::from(p) + 1), Ordering::Release);
-        true
+    /// Changes target slot `i`'s override in one step (a compare-and-swap, so that two
+    /// workers changing it at once both count); each worker applies it on its next tick.
+    pub fn update_override(&self, i: usize, change: &dyn Fn(Override) -> Override) -> Option<Override> {
+        let s = self.slots.get(i).filter(|s| s.in_use())?;
+        let mut now = s.override_word.load(Ordering::Acquire);
+        loop {
+            let next = change(Override::from_word(now));
+            match s.override_word.compare_exchange_weak(
+                now,
+                next.to_word(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Some(next),
+                Err(seen) => now = seen,
+            }
+        }
     }
 
     /// Index of the slot of `url`, if the master assigned one.
@@ -201,41 +220,64 @@ impl<'a> ZoneTable<'a> {
     /// Every assigned slot, in slot order (a target's index is its API id).
     pub fn read(&self) -> Vec<TargetSnapshot> {
         self.used()
-            .map(|(i, s)| TargetSnapshot {
-                url: String::from_utf8_lossy(&s.url.get()).into_owned(),
-                counters: std::array::from_fn(|k| s.counters[k].load(Ordering::Relaxed)),
-                inflight: s.inflight.load(Ordering::Relaxed),
-                breaker_open: s.breaker_open.load(Ordering::Relaxed),
-                connections: s.connections.load(Ordering::Relaxed),
-                compare: self.read_compare(i),
-                ov: self.override_of(i),
+            .map(|(i, s)| {
+                let g = self.rows.gauges(i);
+                TargetSnapshot {
+                    url: String::from_utf8_lossy(&s.url.get()).into_owned(),
+                    counters: std::array::from_fn(|k| s.counters[k].load(Ordering::Relaxed)),
+                    inflight: g.inflight,
+                    breaker_open: g.breaker_open,
+                    connections: g.connections,
+                    compare: self.read_compare(i),
+                    ov: self.override_of(i),
+                }
             })
             .collect()
     }
 
-    pub fn queue(&self) -> (i64, i64) {
-        (self.header.queue_jobs.load(Ordering::Relaxed), self.header.queue_bytes.load(Ordering::Relaxed))
-    }
-
-    pub fn add_queue(&self, jobs: i64, bytes: i64) {
-        self.header.queue_jobs.fetch_add(jobs, Ordering::Relaxed);
-        self.header.queue_bytes.fetch_add(bytes, Ordering::Relaxed);
+    /// Frees the slots of targets `keep` no longer names, with their endpoints and
+    /// gauges, so a new configuration finds room (master only, while loading one).
+    /// Workers of the previous configuration see the slot's epoch change and stop adding
+    /// to it.
+    pub fn reclaim(&self, keep: &[&str]) -> usize {
+        let mut freed = 0;
+        for (i, s) in self.used() {
+            if keep.iter().any(|u| s.url.is(u.as_bytes())) {
+                continue;
+            }
+            s.used.store(0, Ordering::Release);
+            s.epoch.fetch_add(1, Ordering::AcqRel);
+            s.reset();
+            for e in self.endpoints.iter().filter(|e| e.target.load(Ordering::Acquire) == i as u64) {
+                if e.state.load(Ordering::Acquire) == READY {
+                    e.reset();
+                    e.target.store(0, Ordering::Relaxed);
+                    e.state.store(FREE, Ordering::Release);
+                }
+            }
+            self.rows.forget(i);
+            freed += 1;
+        }
+        freed
     }
 
     /// Assigns a slot to `url` (master only, while loading configuration: single
     /// threaded, and no worker reads an unused slot).
     pub fn assign(&self, url: &str) -> bool {
-        for s in self.slots {
-            if !s.in_use() {
-                s.url.set(url.as_bytes());
-                s.used.store(1, Ordering::Release);
-                return true;
-            }
-            if s.url.is(url.as_bytes()) {
-                return true;
-            }
+        if self.index_of(url).is_some() {
+            return true;
         }
-        false
+        let Some(s) = self.slots.iter().find(|s| !s.in_use()) else { return false };
+        s.reset();
+        s.url.set(url.as_bytes());
+        s.epoch.fetch_add(1, Ordering::AcqRel);
+        s.used.store(1, Ordering::Release);
+        true
+    }
+
+    /// The epoch of target slot `i`: it changes when the slot is freed or assigned.
+    pub fn epoch(&self, i: usize) -> u64 {
+        self.slots[i].epoch.load(Ordering::Acquire)
     }
 }
 
@@ -246,31 +288,42 @@ pub fn counters_of(table: &ZoneTable<'_>, url: &str) -> CounterVec {
 }
 
 #[cfg(test)]
-mod tests {
+pub mod tests {
     use super::*;
-    use crate::engine::zone::layout::LAYOUT;
+    use crate::engine::zone::layout::{LAYOUT, row_len};
+    use std::sync::atomic::AtomicI64;
 
+    /// A table in ordinary memory, for tests.
     pub struct Owned {
         pub header: Header,
         pub slots: Vec<TargetSlot>,
         pub endpoints: Vec<EndpointSlot>,
+        pub rows: Vec<AtomicI64>,
     }
 
     impl Owned {
         pub fn new(capacity: usize, endpoints: usize) -> Owned {
             let header = Header::default();
-            header.init(LAYOUT, capacity, endpoints);
+            header.init(LAYOUT, (capacity, endpoints, 4));
             Owned {
                 header,
                 slots: (0..capacity).map(|_| TargetSlot::default()).collect(),
                 endpoints: (0..endpoints).map(|_| EndpointSlot::default()).collect(),
+                rows: (0..4 * row_len(capacity)).map(|_| AtomicI64::new(0)).collect(),
             }
         }
 
         pub fn table(&self) -> ZoneTable<'_> {
-            ZoneTable::new(&self.header, &self.slots, &self.endpoints)
+            ZoneTable::new(
+                &self.header,
+                &self.slots,
+                &self.endpoints,
+                WorkerRows::new(&self.rows, self.slots.len()),
+            )
         }
     }
+
+    pub const ME: Claimer<'static> = Claimer { pid: 1, alive: &|_| true };
 
     #[test]
     fn slots_are_assigned_once_per_url_and_keep_overrides() {
@@ -280,7 +333,8 @@ mod tests {
         assert!(!t.assign("http://c:1"), "full");
         assert_eq!((t.index_of("http://b:1"), t.index_of("http://c:1")), (Some(1), None));
         let ov = Override { paused: Some(true), sample_ppm: Some(100) };
-        assert!(t.set_override(1, ov) && !t.set_override(5, ov));
+        assert_eq!(t.update_override(1, &|_| ov), Some(ov));
+        assert_eq!(t.update_override(5, &|_| ov), None);
         assert_eq!(t.read()[1].ov, ov);
         t.slot(0).add(&{
             let mut d = [0; slot::COUNTERS];
@@ -288,6 +342,32 @@ mod tests {
             d
         });
         assert_eq!(counters_of(&t, "http://a:1")[slot::ATTEMPTED], 3);
+    }
+
+    #[test]
+    fn targets_no_configuration_names_are_freed_and_their_room_reused() {
+        let z = Owned::new(2, 8);
+        let t = z.table();
+        t.assign("http://a:1");
+        t.assign("http://b:1");
+        let ep = t.endpoint_of(0, "/x", ME);
+        ep.verdicts[0].fetch_add(5, Ordering::Relaxed);
+        t.slot(1).counters[0].fetch_add(7, Ordering::Relaxed);
+        let epoch = t.epoch(0);
+        // A reload names b and c: a's slot and endpoints are freed, b keeps its counts.
+        assert_eq!(t.reclaim(&["http://b:1", "http://c:1"]), 1);
+        assert!(t.assign("http://b:1") && t.assign("http://c:1"));
+        assert_ne!(t.epoch(0), epoch, "old workers see the slot change hands");
+        let urls: Vec<String> = t.read().into_iter().map(|s| s.url).collect();
+        assert_eq!(urls, ["http://c:1", "http://b:1"]);
+        assert_eq!(counters_of(&t, "http://b:1")[0], 7);
+        assert_eq!(counters_of(&t, "http://c:1"), [0; slot::COUNTERS]);
+        assert!(t.read_compare(0).is_empty(), "a's endpoints went with it");
+        for n in 0..20 {
+            // Twenty reloads, each naming a new URL: room is never exhausted.
+            t.reclaim(&["http://b:1"]);
+            assert!(t.assign(&format!("http://new{n}:1")), "reload {n}");
+        }
     }
 
     #[test]
@@ -300,9 +380,9 @@ mod tests {
             for w in 0..4 {
                 scope.spawn(move || {
                     for n in 0..50 {
-                        let ep = t.endpoint_of(n % 2, &format!("/e{}", (n + w) % 40));
+                        let ep = t.endpoint_of(n % 2, &format!("/e{}", (n + w) % 40), ME);
                         ep.verdicts[0].fetch_add(1, Ordering::Relaxed);
-                        ep.field("status")[0].fetch_add(1, Ordering::Relaxed);
+                        ep.field("status", ME)[0].fetch_add(1, Ordering::Relaxed);
                     }
                 });
             }
