@@ -134,3 +134,23 @@ fn if_filters_which_copies_are_logged() {
     assert!(json_lines(&path).iter().all(|l| l["uri"].as_str().unwrap().ends_with("log=1")));
     ng.quit();
 }
+
+/// A log file that cannot be written (a full disk: `/dev/full`) loses its lines, counted,
+/// and nothing else: every copy still goes.
+#[test]
+fn a_full_disk_loses_lines_counted_and_nothing_else() {
+    let sink = Sink::start();
+    let server = format!("async_mirror_log /dev/full; location / {{ async_mirror {}; {PROXY} }}", sink.url());
+    let ng = Nginx::start("fulldisk", 1, "", &front(&server, "async_mirror_zone full 1m;"));
+    let mut c = Client::connect(ng.port);
+    for i in 0..30 {
+        assert_eq!(c.get(&format!("/f{i}")).status, 200);
+    }
+    assert!(sink.wait_for(30, Duration::from_secs(5)));
+    let lost = || {
+        let j: serde_json::Value = serde_json::from_str(&fetch(ng.port, "/status?format=json")).unwrap();
+        (j["log_lines"]["lost"].as_u64(), j["log_lines"]["written"].as_u64())
+    };
+    assert!(wait_until(Duration::from_secs(5), || lost() == (Some(30), Some(0))), "{:?}", lost());
+    ng.quit();
+}

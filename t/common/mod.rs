@@ -4,9 +4,11 @@
 //! tiny HTTP/1.1 client with readers for the status page (`client.rs`).
 
 mod client;
+mod faults;
 mod h2peer;
 mod peers;
 pub use client::*;
+pub use faults::{Fault, FaultProxy};
 pub use h2peer::{H2Options, H2Peer};
 pub use peers::*;
 
@@ -136,24 +138,29 @@ pub struct Prepared {
     prefix: PathBuf,
 }
 
+/// Writes the configuration nginx runs with: the module, the harness's settings, `main`
+/// at top level and `http_body` in `http {}` (`{port}` and `{prefix}` replaced).
+fn write_conf(prefix: &Path, port: u16, workers: usize, main: &str, http_body: &str) {
+    let body = http_body.replace("{port}", &port.to_string()).replace("{prefix}", prefix.to_str().unwrap());
+    let conf = format!(
+        "load_module {module};\n\
+         daemon off;\nmaster_process on;\nworker_processes {workers};\n\
+         error_log {prefix}/logs/error.log notice;\npid {prefix}/logs/nginx.pid;\n{user}{main}\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{\n  access_log off;\n  keepalive_requests 100000;\n  client_body_temp_path {prefix}/tmp_body;\n\
+           proxy_temp_path {prefix}/tmp_proxy;\n{body}\n}}\n",
+        module = module_path().display(),
+        prefix = prefix.display(),
+        user = run_as(),
+    );
+    std::fs::write(prefix.join("nginx.conf"), conf).unwrap();
+}
+
 impl Prepared {
     pub fn start(self, workers: usize, main: &str, http_body: &str) -> Nginx {
         let prefix = self.prefix;
         let port = free_port();
-        let body =
-            http_body.replace("{port}", &port.to_string()).replace("{prefix}", prefix.to_str().unwrap());
-        let conf = format!(
-            "load_module {module};\n\
-             daemon off;\nmaster_process on;\nworker_processes {workers};\n\
-             error_log {prefix}/logs/error.log notice;\npid {prefix}/logs/nginx.pid;\n{user}{main}\n\
-             events {{ worker_connections 1024; }}\n\
-             http {{\n  access_log off;\n  keepalive_requests 100000;\n  client_body_temp_path {prefix}/tmp_body;\n\
-               proxy_temp_path {prefix}/tmp_proxy;\n{body}\n}}\n",
-            module = module_path().display(),
-            prefix = prefix.display(),
-            user = run_as(),
-        );
-        std::fs::write(prefix.join("nginx.conf"), conf).unwrap();
+        write_conf(&prefix, port, workers, main, http_body);
         let mut cmd = if valgrind() {
             let mut v = Command::new("valgrind");
             v.args([
@@ -223,6 +230,12 @@ impl Nginx {
             .split_whitespace()
             .filter_map(|p| p.parse().ok())
             .collect()
+    }
+
+    /// Replaces the configuration's `http {}` body (same port, workers and top level) for
+    /// the next [`Nginx::reload`].
+    pub fn rewrite(&self, http_body: &str) {
+        write_conf(&self.prefix, self.port, self.worker_processes, "", http_body);
     }
 
     /// Reloads and waits until the new generation of workers has started its runtimes.

@@ -189,11 +189,15 @@ impl Header {
     }
 }
 
-/// Cells of one worker row: its process id, its backlog (jobs, bytes), then three gauges
-/// (in flight, breaker open, connections) per target slot.
+/// Cells of one worker row: its process id, its backlog (jobs, bytes), then per target
+/// slot three gauges (in flight, breaker open, connections) and the copies it counted as
+/// attempted but not yet as ended.
 pub fn row_len(capacity: usize) -> usize {
-    3 + 3 * capacity
+    3 + CELLS * capacity
 }
+
+/// Cells per target slot in a worker row.
+pub const CELLS: usize = 4;
 
 /// Bytes of a table with these many target slots, endpoint slots and worker rows.
 pub fn table_bytes((capacity, endpoints, rows): (usize, usize, usize)) -> usize {

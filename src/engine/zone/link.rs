@@ -11,7 +11,7 @@ use super::table::ZoneTable;
 use crate::engine::compare::{EndpointCounts, Verdict};
 use crate::engine::control::Override;
 use crate::engine::ids::{Table, TargetId};
-use crate::engine::outcome::{CounterVec, slot};
+use crate::engine::outcome::{CounterVec, DropReason, Outcome, slot};
 use crate::engine::runtime::Engine;
 
 /// Whether a process is still running (the nginx layer asks the system).
@@ -44,7 +44,7 @@ struct EndpointLink {
 impl ZoneLink {
     /// Links worker `pid` to the zone: rows that dead workers left are cleared first.
     pub fn new(table: ZoneTable<'static>, engine: &Engine, pid: u64, alive: Alive) -> ZoneLink {
-        table.rows.clear_dead(pid, None, &alive);
+        clear_dead(&table, pid, None, alive);
         let row = table.rows.claim(pid);
         let slots: Table<TargetId, Option<(usize, u64)>> = engine
             .targets()
@@ -85,7 +85,9 @@ impl ZoneLink {
             self.table.slot(index).add(&delta);
             *last = now;
             if let Some(row) = self.row {
-                self.table.rows.set(row, index, engine.gauges(id));
+                let ended: u64 = now[..Outcome::COUNT].iter().sum();
+                let unended = now[slot::ATTEMPTED].saturating_sub(ended);
+                self.table.rows.set(row, index, engine.gauges(id), unended);
             }
             if let Some(now) = engine.verdicts(id) {
                 let who = Claimer { pid: self.pid, alive: &self.alive };
@@ -110,9 +112,18 @@ impl ZoneLink {
         // Once a second, rows of workers that were killed.
         self.folds += 1;
         if self.folds % 4 == 0 {
-            self.table.rows.clear_dead(self.pid, self.row, &self.alive);
+            clear_dead(&self.table, self.pid, self.row, self.alive);
         }
     }
+}
+
+/// Clears the rows of workers that are gone; copies a killed worker started and never
+/// ended count `dropped{shutdown}`, so the zone's sums still add up.
+fn clear_dead(table: &ZoneTable<'static>, pid: u64, mine: Option<usize>, alive: Alive) {
+    let shutdown = Outcome::Dropped(DropReason::Shutdown).slot();
+    table.rows.clear_dead(pid, mine, &alive, |i, n| {
+        table.slot(i).counters[shutdown].fetch_add(n, Ordering::Relaxed);
+    });
 }
 
 /// Adds what changed in one target's comparison counters since the last fold.

@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use super::layout::row_len;
+use super::layout::{CELLS, row_len};
 use crate::engine::outcome::Gauges;
 
 #[derive(Clone, Copy)]
@@ -48,18 +48,29 @@ impl<'a> WorkerRows<'a> {
     }
 
     /// Clears the rows of processes that are gone, and any row but `mine` with `me`'s pid
-    /// (a process that died before this one took its pid); how many.
-    pub fn clear_dead(&self, me: u64, mine: Option<usize>, alive: &dyn Fn(u64) -> bool) -> usize {
+    /// (a process that died before this one took its pid); how many. `lost(i, n)` hears of
+    /// the `n` copies to target slot `i` such a worker had started and never ended.
+    pub fn clear_dead(
+        &self,
+        me: u64,
+        mine: Option<usize>,
+        alive: &dyn Fn(u64) -> bool,
+        lost: impl Fn(usize, u64),
+    ) -> usize {
         let mut cleared = 0;
         for (r, row) in self.rows().enumerate() {
             let pid = row[PID].load(Ordering::Acquire);
-            if pid == 0 || Some(r) == mine {
+            if pid == 0 || Some(r) == mine || (pid as u64 != me && alive(pid as u64)) {
                 continue;
             }
-            if pid as u64 == me || !alive(pid as u64) {
-                Self::clear(row, pid);
-                cleared += 1;
+            for i in 0..self.capacity {
+                let n = row[3 + CELLS * i + 3].load(Ordering::Relaxed);
+                if n > 0 {
+                    lost(i, n as u64);
+                }
             }
+            Self::clear(row, pid);
+            cleared += 1;
         }
         cleared
     }
@@ -78,13 +89,15 @@ impl<'a> WorkerRows<'a> {
         }
     }
 
-    /// Target slot `i`'s gauges in row `r`, as they are now.
-    pub fn set(&self, r: usize, i: usize, g: Gauges) {
+    /// Target slot `i`'s gauges in row `r`, as they are now, and the copies counted as
+    /// attempted but not yet as ended in the zone.
+    pub fn set(&self, r: usize, i: usize, g: Gauges, unended: u64) {
         if let Some(row) = self.row(r).filter(|_| i < self.capacity) {
-            let at = 3 + 3 * i;
+            let at = 3 + CELLS * i;
             row[at].store(g.inflight, Ordering::Relaxed);
             row[at + 1].store(g.breaker_open, Ordering::Relaxed);
             row[at + 2].store(g.connections, Ordering::Relaxed);
+            row[at + 3].store(unended as i64, Ordering::Relaxed);
         }
     }
 
@@ -97,7 +110,7 @@ impl<'a> WorkerRows<'a> {
 
     /// Target slot `i`'s gauges summed over the running workers.
     pub fn gauges(&self, i: usize) -> Gauges {
-        let at = 3 + 3 * i;
+        let at = 3 + CELLS * i;
         self.live().fold(Gauges::default(), |g, row| Gauges {
             inflight: g.inflight + row[at].load(Ordering::Relaxed),
             breaker_open: g.breaker_open + row[at + 1].load(Ordering::Relaxed),
@@ -108,7 +121,7 @@ impl<'a> WorkerRows<'a> {
     /// Clears target slot `i`'s gauges in every row (the master freed the slot).
     pub fn forget(&self, i: usize) {
         for row in self.rows() {
-            for c in &row[3 + 3 * i..6 + 3 * i] {
+            for c in &row[3 + CELLS * i..3 + CELLS * (i + 1)] {
                 c.store(0, Ordering::Relaxed);
             }
         }
@@ -132,20 +145,22 @@ mod tests {
         let rows = WorkerRows::new(&cells, 2);
         let (a, b) = (rows.claim(100).unwrap(), rows.claim(200).unwrap());
         let g = Gauges { inflight: 3, breaker_open: 1, connections: 2 };
-        rows.set(a, 1, g);
-        rows.set(b, 1, g);
+        rows.set(a, 1, g, 3);
+        rows.set(b, 1, g, 0);
         rows.set_queue(a, 5, 500);
         assert_eq!(rows.gauges(1), Gauges { inflight: 6, breaker_open: 2, connections: 4 });
         assert_eq!(rows.gauges(0), Gauges::default());
         // Worker 100 was killed; its replacement got pid 300.
-        assert_eq!(rows.clear_dead(300, None, &|pid| pid != 100), 1);
+        let lost = std::cell::Cell::new((0, 0));
+        assert_eq!(rows.clear_dead(300, None, &|pid| pid != 100, |i, n| lost.set((i, n))), 1);
+        assert_eq!(lost.get(), (1, 3), "the dead worker's copies that never ended");
         assert_eq!(rows.gauges(1), g);
         assert_eq!(rows.queue(), (0, 0));
         assert_eq!(rows.claim(300), Some(a), "the freed row is taken again");
         // A dead worker whose pid the new one now has is cleared too.
         let c = rows.claim(400).unwrap();
-        rows.set(c, 0, g);
-        assert_eq!(rows.clear_dead(400, Some(a), &|_| true), 1, "not its own row, the stale one");
+        rows.set(c, 0, g, 0);
+        assert_eq!(rows.clear_dead(400, Some(a), &|_| true, |_, _| {}), 1, "not its own row, the stale one");
         assert_eq!(rows.gauges(0), Gauges::default());
         rows.release(b, 200);
         assert_eq!(rows.gauges(1), Gauges::default());
