@@ -233,6 +233,18 @@ mod tests {
     }
 
     #[test]
+    fn what_a_megabyte_holds() {
+        // The figures docs/operations.md gives for `async_mirror_zone ... 1m`.
+        assert_eq!(
+            plan(1 << 20),
+            (108, 322, 75),
+            "{} {}",
+            size_of::<TargetSlot>(),
+            size_of::<EndpointSlot>()
+        );
+    }
+
+    #[test]
     fn a_planned_table_fits_its_zone() {
         for size in [MIN_SIZE, 64 << 10, 1 << 20] {
             let (c, e, r) = plan(size);
