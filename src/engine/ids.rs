@@ -89,10 +89,6 @@ impl<I: Id, T> Table<I, T> {
         self.items.iter()
     }
 
-    pub fn values_mut(&mut self) -> std::slice::IterMut<'_, T> {
-        self.items.iter_mut()
-    }
-
     pub fn position(&self, f: impl FnMut(&T) -> bool) -> Option<I> {
         self.items.iter().position(f).map(I::from_index)
     }

@@ -124,6 +124,7 @@ impl Engine {
 
     /// Waits (blocking the caller) until nothing is queued or in flight, or `limit` passes.
     pub fn drain(&self, limit: Duration) {
+        self.lanes.flush();
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             let inflight: i64 =
@@ -189,6 +190,7 @@ mod tests {
                 }
             }
         }
+        engine.lanes().flush();
     }
 
     fn settled(engine: &Engine, id: TargetId, n: u64, limit: Duration) -> bool {

@@ -10,7 +10,7 @@ use ngx::ffi::{NGX_ERROR, ngx_chain_t, ngx_http_request_body_filter_pt, ngx_http
 
 use super::ctx::RequestCtx;
 use super::log;
-use super::process::with_worker;
+use super::process::{handoff, with_worker};
 use crate::engine::copy::{Lanes, RequestCopies};
 
 /// The filter that was at the top before ours; set once in postconfiguration.
@@ -42,7 +42,11 @@ unsafe fn tee(main: &ngx_http_request_t, chain: *mut ngx_chain_t) {
         return;
     }
     // SAFETY: per the contract.
-    with_worker(|w| unsafe { feed(copies, w.engine.lanes(), chain) });
+    with_worker(|w| {
+        // SAFETY: per the contract.
+        unsafe { feed(copies, w.engine.lanes(), chain) };
+        handoff(&w.engine);
+    });
 }
 
 /// # Safety

@@ -6,7 +6,7 @@ use ngx::ffi::{NGX_DECLINED, ngx_http_core_loc_conf_t, ngx_http_request_t, ngx_i
 use super::conf::{LocConf, Registered};
 use super::ctx::RequestCtx;
 use super::log;
-use super::process::with_worker;
+use super::process::{handoff, with_worker};
 use super::strings::{HeaderIter, eval, str_bytes};
 use crate::engine::capture::{CaptureError, HeaderEdits, RequestHead};
 use crate::engine::copy::{Facts, RequestView};
@@ -50,7 +50,8 @@ fn mirror_request(r: &mut ngx_http_request_t, lc: &LocConf) {
     let log = lc.copy_log.flatten().filter(|l| l.cond.is_none_or(|cv| is_true(eval(r, cv.as_ptr()))));
     let location = lc.location(log.map(|l| l.index));
     with_worker(|w| {
-        ctx.copies.decide(lc.routes(), &location, &facts, &view, w.engine.lanes(), &mut w.select)
+        ctx.copies.decide(lc.routes(), &location, &facts, &view, w.engine.lanes(), &mut w.select);
+        handoff(&w.engine);
     });
 }
 

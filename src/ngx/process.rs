@@ -17,7 +17,7 @@ use super::conf::Registered;
 use super::log;
 use super::shm;
 use crate::engine::Engine;
-use crate::engine::copy::Selection;
+use crate::engine::copy::{FLUSH_AT, Selection};
 use crate::engine::report::LineFile;
 use crate::engine::zone::ZoneLink;
 
@@ -45,6 +45,43 @@ thread_local! {
 }
 
 static mut REPORT_TIMER: ngx_event_t = unsafe { std::mem::zeroed() };
+static mut FLUSH_TIMER: ngx_event_t = unsafe { std::mem::zeroed() };
+
+/// How long submitted copies may wait on the nginx thread to be handed over together.
+const FLUSH_MS: usize = 1;
+
+/// After copies were submitted: they are handed to their lanes at once when many wait,
+/// otherwise by a timer within a millisecond, so that the copies of many requests share
+/// one wake-up of the runtime.
+pub fn handoff(engine: &Engine) {
+    let n = engine.lanes().pending();
+    if n == 0 {
+        return;
+    }
+    if n >= FLUSH_AT {
+        engine.lanes().flush();
+        return;
+    }
+    // SAFETY: the static event is only used on the nginx thread.
+    unsafe {
+        let ev = &raw mut FLUSH_TIMER;
+        if (*ev).timer_set() == 0 {
+            (*ev).handler = Some(flush_timer_handler);
+            (*ev).log = log::cycle_log();
+            // A pending flush must not keep a gracefully exiting worker alive: it exits
+            // after handing over what is pending anyway.
+            (*ev).set_cancelable(1);
+            ngx_add_timer(ev, FLUSH_MS as _);
+        }
+    }
+}
+
+unsafe extern "C" fn flush_timer_handler(_ev: *mut ngx_event_t) {
+    let flushed = std::panic::catch_unwind(|| with_worker(|w| w.engine.lanes().flush()));
+    if flushed.is_err() {
+        log::alert("async_mirror: panic while handing copies over");
+    }
+}
 
 /// Runs `f` with this worker's state, if a runtime is running.
 pub fn with_worker<T: Default>(f: impl FnOnce(&mut Worker) -> T) -> T {
@@ -137,11 +174,12 @@ pub unsafe extern "C" fn init_process<M: Registered>(cycle: *mut ngx_cycle_t) ->
 pub unsafe extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
     let result = std::panic::catch_unwind(|| {
         let Some(mut w) = WORKER.take() else { return };
-        // SAFETY: the timer event is only used on this thread.
+        // SAFETY: the timer events are only used on this thread.
         unsafe {
-            let ev = &raw mut REPORT_TIMER;
-            if (*ev).timer_set() != 0 {
-                ngx_del_timer(ev);
+            for ev in [&raw mut REPORT_TIMER, &raw mut FLUSH_TIMER] {
+                if (*ev).timer_set() != 0 {
+                    ngx_del_timer(ev);
+                }
             }
         }
         // nginx unloads this module right after exit_process, so both steps are bounded.

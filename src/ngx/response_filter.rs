@@ -17,7 +17,7 @@ use ngx::ffi::{
 use super::conf::RESPONSE_FILTERS;
 use super::ctx::RequestCtx;
 use super::log;
-use super::process::with_worker;
+use super::process::{handoff, with_worker};
 use super::strings::{HeaderIter, str_bytes};
 
 /// The filters that were at the top before ours; set once in postconfiguration.
@@ -92,7 +92,10 @@ fn on_header(r: &ngx_http_request_t, ctx: &mut RequestCtx) {
         p.head(status, headers, find("content-type"), find("content-encoding"));
     }
     if ctx.copies.holds() {
-        with_worker(|w| ctx.copies.release_held(status, w.engine.lanes()));
+        with_worker(|w| {
+            ctx.copies.release_held(status, w.engine.lanes());
+            handoff(&w.engine);
+        });
     }
 }
 

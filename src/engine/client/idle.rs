@@ -49,10 +49,10 @@ impl<C: Connection> IdlePool<C> {
     }
 
     /// An idle connection to `key`, or (when `may_open`) room for a new one. At the cap,
-    /// an idle connection to another destination is closed to make room.
+    /// an idle connection to another destination is closed to make room. Expired and
+    /// closed connections are pruned by [`IdlePool::sweep`], not on every checkout.
     pub fn checkout(&self, key: &DestKey, may_open: bool) -> Checkout<C> {
         let Ok(mut idle) = self.idle.lock() else { return Checkout::Full };
-        self.prune(&mut idle);
         // Newest first: it is the least likely to have been closed by the peer.
         if let Some(i) = idle.iter().rposition(|i| i.conn.key == *key && i.conn.conn.is_ready()) {
             return Checkout::Idle(idle.swap_remove(i).conn);

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::connect::{self, Alpn};
 use super::http1::{self, ExchangeError};
@@ -16,6 +16,9 @@ use super::target::{Delivery, Miss, Target, Waiter};
 use crate::engine::capture::{CopyBody, RequestHead, empty_body};
 use crate::engine::outcome::{FailReason, Failure};
 
+/// How long a copy waits for a busy HTTP/1.1 connection before another is opened.
+const GROW_AFTER: Duration = Duration::from_millis(1);
+
 impl Target {
     pub(super) async fn send_h1(
         &self,
@@ -26,9 +29,13 @@ impl Target {
         // After a pooled connection turned out closed, the copy goes out on a fresh one.
         let mut fresh_only = false;
         let mut waiter: Option<Waiter<'_>> = None;
+        // Connections by need (Little's law): another one opens only for a copy that has
+        // waited for one, so a fast mirror is served by a few busy connections.
+        let started = Instant::now();
         loop {
+            let waited = started.elapsed() >= GROW_AFTER || self.limits.open() == 0 || fresh_only;
             // Leave to connect first: a place for a connection is only taken to use it.
-            let permit = self.limits.try_connect();
+            let permit = if waited { self.limits.try_connect() } else { None };
             match self.h1.checkout(&d.key, permit.is_some()) {
                 Checkout::Idle(conn) if !fresh_only => {
                     drop(permit);
@@ -58,6 +65,11 @@ impl Target {
             }
             match waiter.take() {
                 None => waiter = Some(self.arm()),
+                Some(mut n) if !waited => {
+                    // Until a connection comes back, or the copy has waited long enough
+                    // to open one.
+                    let _ = tokio::time::timeout_at((started + GROW_AFTER).into(), n.as_mut()).await;
+                }
                 Some(mut n) => self.wait(n.as_mut(), d, now_ms).await?,
             }
         }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
+use tokio::sync::Notify;
 
 use super::breaker::{Breaker, BreakerSettings};
 use super::http1;
@@ -43,8 +43,10 @@ pub struct Target {
     pub spec: TargetSpec,
     pub stats: Arc<TargetStats>,
     pub breaker: Arc<Breaker>,
-    /// Copies in flight; a copy waits for a permit in the backlog.
-    pub inflight: Arc<Semaphore>,
+    /// Copies in flight at most: a copy waits in the backlog for room.
+    max_inflight: usize,
+    /// Signalled when a copy in flight gives its room back.
+    room: Notify,
     pub(super) max_connections: usize,
     pub(super) limits: Arc<Limits>,
     pub(super) h1: IdlePool<http1::Conn>,
@@ -128,7 +130,8 @@ impl Target {
             spec,
             stats: Arc::default(),
             breaker: Arc::default(),
-            inflight: Arc::new(Semaphore::new(inflight)),
+            max_inflight: inflight,
+            room: Notify::new(),
             max_connections: max,
             h1: IdlePool::new(limits.clone(), settings.keepalive_timeout),
             h2,
@@ -149,24 +152,36 @@ impl Target {
         }
     }
 
-    /// Over HTTP/2, waits (in the backlog) until a copy would find a stream or room for
-    /// a connection; a copy in flight that waits for a stream holds far more memory than
-    /// one in the queue. Over HTTP/1.1 the in-flight permit is the whole limit.
-    pub async fn wait_for_room(&self) {
-        let Some(pool) = &self.h2 else { return };
-        let max_connections = self.max_connections;
-        let mut waiter: Option<Waiter<'_>> = None;
-        loop {
-            let inflight = self.stats.inflight.load(Ordering::Relaxed).max(0) as usize;
-            if self.h1_only.load(Ordering::Relaxed) || inflight < pool.budget(max_connections) {
-                return;
-            }
-            match waiter.take() {
-                None => waiter = Some(self.arm()),
-                Some(mut n) => {
-                    let _ = tokio::time::timeout(Duration::from_millis(10), n.as_mut()).await;
-                }
-            }
+    /// Whether a copy may leave the backlog now: fewer than the most copies in flight and,
+    /// over HTTP/2, a stream or room for a connection (a copy in flight that waits for a
+    /// stream holds far more memory than one in the queue).
+    pub fn has_room(&self) -> bool {
+        let inflight = self.stats.inflight.load(Ordering::Relaxed).max(0) as usize;
+        if inflight >= self.max_inflight {
+            return false;
+        }
+        match &self.h2 {
+            Some(pool) if !self.h1_only.load(Ordering::Relaxed) => inflight < pool.budget(self.max_connections),
+            _ => true,
+        }
+    }
+
+    /// A copy left the backlog: it is in flight.
+    pub fn took_room(&self) {
+        self.stats.inflight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A copy in flight ended: room for the next.
+    pub fn gave_room(&self) {
+        self.stats.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.room.notify_one();
+    }
+
+    /// Resolves once room may have been freed (a copy ended, a stream or connection freed).
+    pub async fn room_freed(&self) {
+        tokio::select! {
+            () = self.room.notified() => {}
+            () = self.limits.notify.notified() => {}
         }
     }
 

@@ -1,16 +1,15 @@
-//! One target's lane on the runtime: copies come off its channel in batches, wait in the
-//! backlog for an in-flight place (and, over HTTP/2, for a stream), leave the backlog and
-//! fly. A slow target's copies wait in its own lane.
+//! The targets' lanes as the nginx thread sees them: admission into a target's share of
+//! the backlog, and the hand-off of copies in batches to each target's inbox (the lane's
+//! own loop on the runtime is in `departure.rs`).
 
+use std::cell::RefCell;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
-
-use tokio::sync::mpsc::error::TryRecvError;
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use std::time::Instant;
 
 use super::admission::{self, Admission, MirrorCopy};
-use super::life::{self, Flight, Logs};
+use super::departure;
+use super::inbox::Inbox;
+use super::life::{Flight, Logs};
 use crate::engine::capture::{Backlog, BodyRx, BodyTx, body_channel};
 use crate::engine::client::{Clock, CopyOptions, Target};
 use crate::engine::compare::{EndpointCounts, VerdictStats};
@@ -25,9 +24,13 @@ struct Lane {
     backlog: Arc<Backlog>,
     /// Comparison verdicts of its copies, by endpoint and field.
     verdicts: Arc<VerdictStats>,
-    /// `None` once the engine is shutting down.
-    tx: Option<UnboundedSender<MirrorCopy>>,
+    inbox: Arc<Inbox>,
+    /// Copies handed over at the next flush (the nginx thread's only).
+    pending: RefCell<Vec<MirrorCopy>>,
 }
+
+/// Pending copies past which a flush is not worth waiting for.
+pub const FLUSH_AT: usize = 64;
 
 /// Every target's lane in one worker and the breaker's clock: what the nginx thread
 /// admits copies into and hands them to.
@@ -49,11 +52,11 @@ impl Lanes {
         target: Arc<Target>,
         backlog: Arc<Backlog>,
     ) -> impl Future<Output = ()> + Send + 'static {
-        let (tx, rx) = unbounded_channel();
+        let inbox = Arc::new(Inbox::default());
         let verdicts = Arc::new(VerdictStats::default());
         let lane = Flight { target: target.clone(), verdicts: verdicts.clone(), backlog: backlog.clone() };
-        let run = run(lane, rx, self.clock, self.logs.clone());
-        self.lanes.push(Lane { target, backlog, verdicts, tx: Some(tx) });
+        let run = departure::run(lane, inbox.clone(), self.clock, self.logs.clone());
+        self.lanes.push(Lane { target, backlog, verdicts, inbox, pending: RefCell::default() });
         run
     }
 
@@ -98,16 +101,35 @@ impl Lanes {
         admission::admit(id, ticket, &lane.target.breaker, &lane.backlog, early, opts, self.clock.now_ms())
     }
 
-    /// Queues an admitted copy without waiting.
+    /// Queues an admitted copy without waiting; it is handed to its lane at the next
+    /// [`Lanes::flush`] (the nginx layer schedules one: see [`Lanes::pending`]).
     ///
     /// # Errors
     /// `dropped{shutdown}` when the runtime is stopping (the copy was counted so).
     pub fn submit(&self, mut copy: MirrorCopy) -> Result<(), Outcome> {
         copy.queued_at = Instant::now();
-        // A copy that cannot be queued is dropped here, which counts it `dropped{shutdown}`.
-        match self.lanes.get(copy.target).and_then(|l| l.tx.as_ref()) {
-            Some(tx) => tx.send(copy).map_err(|_| Outcome::Dropped(DropReason::Shutdown)),
+        match self.lanes.get(copy.target).filter(|l| !l.inbox.is_closed()) {
+            Some(lane) => {
+                lane.pending.borrow_mut().push(copy);
+                Ok(())
+            }
+            // Dropped here, which counts it `dropped{shutdown}`.
             None => Err(Outcome::Dropped(DropReason::Shutdown)),
+        }
+    }
+
+    /// Copies waiting for the next flush.
+    pub fn pending(&self) -> usize {
+        self.lanes.values().map(|l| l.pending.borrow().len()).sum()
+    }
+
+    /// Hands every pending copy to its lane, waking each lane that got some once.
+    pub fn flush(&self) {
+        for lane in self.lanes.values() {
+            let mut pending = lane.pending.borrow_mut();
+            if !pending.is_empty() {
+                lane.inbox.deliver(&mut pending);
+            }
         }
     }
 
@@ -116,91 +138,12 @@ impl Lanes {
         Some(body_channel(self.backlog(id)?.clone(), max, length))
     }
 
-    /// Closes every lane's channel: each lane ends once its queue is empty.
+    /// Hands over what is pending and closes every inbox: each lane ends once it has
+    /// sent what it holds.
     pub fn close(&mut self) {
-        for lane in self.lanes.values_mut() {
-            lane.tx = None;
+        self.flush();
+        for lane in self.lanes.values() {
+            lane.inbox.close();
         }
-    }
-}
-
-/// While copies keep coming, the lane collects them every `BATCH` instead of being
-/// woken for each one: a wake-up costs the nginx thread a system call (the runtime's
-/// eventfd) and both threads a context switch, more than the copy's own hand-off. After
-/// `IDLE` without copies it goes back to waiting to be woken, so an idle worker stays idle.
-const BATCH: Duration = Duration::from_millis(1);
-const IDLE: Duration = Duration::from_millis(100);
-
-/// The channel end of a lane and how it is being read.
-struct Intake {
-    rx: UnboundedReceiver<MirrorCopy>,
-    /// Polling (no waker registered, so senders do not wake the lane) until then.
-    busy_until: Option<Instant>,
-    sweep: tokio::time::Interval,
-}
-
-impl Intake {
-    /// The next copy; `None` once the engine is shutting down and the channel is empty.
-    async fn next(&mut self, target: &Target) -> Option<MirrorCopy> {
-        loop {
-            let copy = match self.busy_until {
-                Some(until) => match self.rx.try_recv() {
-                    Ok(copy) => Some(copy),
-                    Err(TryRecvError::Disconnected) => None,
-                    Err(TryRecvError::Empty) => {
-                        if Instant::now() >= until {
-                            self.busy_until = None;
-                        } else {
-                            tokio::select! {
-                                _ = tokio::time::sleep(BATCH) => {}
-                                _ = self.sweep.tick() => target.sweep(),
-                            }
-                        }
-                        continue;
-                    }
-                },
-                None => tokio::select! {
-                    copy = self.rx.recv() => copy,
-                    _ = self.sweep.tick() => { target.sweep(); continue; }
-                },
-            };
-            self.busy_until = Some(Instant::now() + IDLE);
-            return copy;
-        }
-    }
-}
-
-async fn run(lane: Flight, rx: UnboundedReceiver<MirrorCopy>, clock: Clock, logs: Logs) {
-    let target = lane.target.clone();
-    let mut intake = Intake { rx, busy_until: None, sweep: tokio::time::interval(Duration::from_secs(1)) };
-    while let Some(copy) = intake.next(&target).await {
-        // Waiting here keeps the copy in the backlog, at most until its timeout: a copy
-        // that waited that long is never sent late.
-        let left = copy.opts.timeout.saturating_sub(copy.queued_at.elapsed());
-        let room = async {
-            let permit = target.inflight.clone().acquire_owned().await.ok()?;
-            target.wait_for_room().await;
-            Some(permit)
-        };
-        let permit = match tokio::time::timeout(left, room).await {
-            Ok(Some(permit)) => permit,
-            Ok(None) => break,
-            Err(_) => {
-                life::ended_in_queue(copy, Outcome::Dropped(DropReason::QueueTimeout), &target, &logs);
-                continue;
-            }
-        };
-        if copy.queued_at.elapsed() >= copy.opts.timeout {
-            life::ended_in_queue(copy, Outcome::Dropped(DropReason::QueueTimeout), &target, &logs);
-            continue;
-        }
-        let log = copy.log.map(|l| (l, copy.head.clone()));
-        let Some(copy) = copy.depart(clock.now_ms()) else {
-            // The breaker opened while it waited.
-            life::refused(log, Outcome::Dropped(DropReason::BreakerOpen), &target, &logs);
-            continue;
-        };
-        target.stats.inflight.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(life::fly(copy, lane.clone(), permit, clock, logs.clone()));
     }
 }

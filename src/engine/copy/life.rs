@@ -4,10 +4,7 @@
 //! they left the backlog).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
-
-use tokio::sync::OwnedSemaphorePermit;
 
 use super::admission::MirrorCopy;
 use crate::engine::capture::{Backlog, RequestHead};
@@ -48,9 +45,9 @@ pub fn ended_in_queue(copy: MirrorCopy, outcome: Outcome, target: &Target, logs:
     refused(log, outcome, target, logs);
 }
 
-/// Sends a departed copy and ends it. The in-flight `permit` is given back as soon as the
+/// Sends a departed copy and ends it. Its room in flight is given back as soon as the
 /// outcome is counted, before the comparison waits for the primary's answer.
-pub async fn fly(mut copy: MirrorCopy, lane: Flight, permit: OwnedSemaphorePermit, clock: Clock, logs: Logs) {
+pub async fn fly(mut copy: MirrorCopy, lane: Flight, clock: Clock, logs: Logs) {
     let Flight { target, verdicts, backlog } = lane;
     let started = Instant::now();
     let compare = copy.compare.take();
@@ -70,12 +67,11 @@ pub async fn fly(mut copy: MirrorCopy, lane: Flight, permit: OwnedSemaphorePermi
     let (outcome, resp) = target.deliver(out, move || clock.now_ms()).await;
     let took = started.elapsed();
     target.stats.observe(took);
-    target.stats.inflight.fetch_sub(1, Ordering::Relaxed);
+    target.gave_room();
     let (timeout, log) = (copy.opts.timeout, copy.log);
     // Only a compared or logged copy needs its request after it ended.
     let head = (compare.is_some() || log.is_some()).then(|| copy.head.clone());
     copy.finish(outcome);
-    drop(permit);
     let Some(head) = head else { return };
     let mut record =
         Record::new(&target.spec.url, head.method.as_str().as_bytes(), &head.request_uri, outcome);

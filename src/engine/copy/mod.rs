@@ -3,12 +3,14 @@
 //! of one copy to its single outcome, its log line and its comparison.
 
 mod admission;
+mod departure;
+mod inbox;
 mod lane;
 mod life;
 mod request;
 mod select;
 
-pub use lane::Lanes;
+pub use lane::{FLUSH_AT, Lanes};
 pub use life::Logs;
 pub use request::{Facts, Location, RequestCopies, RequestView, Route};
 pub use select::Selection;

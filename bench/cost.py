@@ -1,0 +1,274 @@
+#!/usr/bin/env python3
+"""What one copy costs the front, side by side with nginx's built-in mirror.
+
+One front nginx (build/nginx with the module, a single process), a backend and a mirror
+sink that are Debian's nginx (`return 204`; HTTP/1.1 on one port, h2c on another), 8
+keepalive client connections (wrk). Two figures per cell:
+
+- instructions per copy: the front under `valgrind --tool=callgrind --separate-threads=yes`,
+  all threads, marginal between a run of 1,000 and one of 5,000 requests (start-up cancels),
+  less the no-mirror cell's, divided by the copies per request. Independent of the load.
+- CPU µs per copy: the front's utime+stime (runtime threads included) per request in a wrk
+  run, less the no-mirror cell's, divided by the copies per request; median of alternating
+  rounds.
+
+    python3 bench/cost.py                       # every cell
+    CELLS=none,h1,h2 ROUNDS=3 DURATION=5 python3 bench/cost.py
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NGINX = os.path.join(ROOT, "build", "nginx")
+MODULE = os.path.join(ROOT, "build", "ngx_http_async_mirror_module.so")
+DEBIAN_NGINX = "/usr/sbin/nginx"
+
+# cell -> (location body, copies per request expected)
+CELLS = {
+    "none": "",
+    "builtin": "mirror /builtin-mirror;",
+    "h1": "async_mirror http://127.0.0.1:{h1};",
+    "h2": "async_mirror http://127.0.0.1:{h2}; async_mirror_http_version 2;",
+    "h1-15": "async_mirror http://127.0.0.1:{h1} sample=15%;",
+    "h2-15": "async_mirror http://127.0.0.1:{h2} sample=15%; async_mirror_http_version 2;",
+}
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_port(port, limit=30.0):
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"port {port} never opened")
+
+
+def start_peers(work):
+    """Debian's nginx: the backend (HTTP/1.1) and the mirror sink (HTTP/1.1 and h2c)."""
+    ports = {"backend": free_port(), "h1": free_port(), "h2": free_port()}
+    d = os.path.join(work, "peers")
+    os.makedirs(os.path.join(d, "logs"), exist_ok=True)
+    conf = f"""daemon off; master_process on; worker_processes 1; pid {d}/nginx.pid;
+error_log {d}/logs/error.log warn; {"user root;" if os.geteuid() == 0 else ""}
+events {{ worker_connections 4096; }}
+http {{ access_log off; keepalive_requests 1000000;
+  server {{ listen 127.0.0.1:{ports["backend"]}; listen 127.0.0.1:{ports["h1"]}; location / {{ return 204; }} }}
+  server {{ listen 127.0.0.1:{ports["h2"]} http2; location / {{ return 204; }} }}
+}}
+"""
+    with open(os.path.join(d, "nginx.conf"), "w") as f:
+        f.write(conf)
+    p = subprocess.Popen([DEBIAN_NGINX, "-p", d, "-c", os.path.join(d, "nginx.conf"), "-e", os.path.join(d, "logs/error.log")],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for port in ports.values():
+        wait_port(port)
+    return p, ports
+
+
+def front_conf(work, cell, ports, port):
+    body = CELLS[cell].format(**ports)
+    ours = cell not in ("none", "builtin")
+    module = f"load_module {MODULE};" if ours else ""
+    zone = "async_mirror_zone cost 1m;" if ours else ""
+    status = "location = /cost-status { async_mirror_status; }" if ours else ""
+    return f"""{module}
+daemon off; master_process off; worker_processes 1; pid {work}/front.pid;
+error_log {work}/front-error.log notice;
+events {{ worker_connections 4096; }}
+http {{ access_log off; keepalive_requests 1000000; {zone}
+  upstream backend {{ server 127.0.0.1:{ports["backend"]}; keepalive 32; }}
+  upstream sink {{ server 127.0.0.1:{ports["h1"]}; keepalive 32; }}
+  server {{ listen 127.0.0.1:{port};
+    location / {{ {body} proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+    location = /builtin-mirror {{ internal; proxy_pass http://sink$request_uri; proxy_http_version 1.1;
+                                 proxy_set_header Connection ""; }}
+    {status}
+  }}
+}}
+"""
+
+
+def copies(port):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/cost-status?format=json", timeout=5) as r:
+            t = json.load(r)["targets"]
+            return sum(x["attempted"] for x in t), t
+    except Exception:
+        return 0, []
+
+
+def drive(port, n, conns=8):
+    """Exactly `n` GET requests over `conns` keepalive connections (one thread each)."""
+    import threading
+
+    def one(k):
+        s = socket.create_connection(("127.0.0.1", port))
+        f = s.makefile("rb")
+        for _ in range(k):
+            s.sendall(b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n")
+            length = 0
+            while True:
+                line = f.readline()
+                if not line:
+                    raise SystemExit("connection closed")
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+                if line in (b"\r\n", b"\n"):
+                    break
+            f.read(length)
+        s.close()
+
+    threads = [threading.Thread(target=one, args=(n // conns + (1 if i < n % conns else 0),)) for i in range(conns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def settle(port, limit=30.0):
+    """Waits until every copy has ended (attempted == ended)."""
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        _, ts = copies(port)
+        if all(sum(x["outcomes"].values()) == x["attempted"] and x["inflight"] == 0 for x in ts):
+            return
+        time.sleep(0.1)
+
+
+def callgrind_run(work, cell, ports, n):
+    port = free_port()
+    d = os.path.join(work, f"cg-{cell}-{n}")
+    os.makedirs(d, exist_ok=True)
+    conf = os.path.join(d, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(front_conf(d, cell, ports, port))
+    p = subprocess.Popen(["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={d}/cg.out",
+                          NGINX, "-p", d, "-c", conf, "-e", f"{d}/front-error.log"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port, 120)
+    drive(port, n)
+    settle(port)
+    attempted, ts = copies(port)
+    os.kill(p.pid, signal.SIGQUIT)
+    p.wait(timeout=120)
+    total = 0
+    for name in os.listdir(d):
+        if name.startswith("cg.out"):
+            with open(os.path.join(d, name)) as f:
+                for line in f:
+                    if line.startswith("summary:"):
+                        total += int(line.split()[1])
+    # The status requests were served too: each is one request more, no copy.
+    return total, attempted
+
+
+def cpu_of(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_run(work, cell, ports, duration):
+    port = free_port()
+    d = os.path.join(work, f"cpu-{cell}")
+    os.makedirs(d, exist_ok=True)
+    conf = os.path.join(d, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(front_conf(d, cell, ports, port))
+    p = subprocess.Popen([NGINX, "-p", d, "-c", conf, "-e", f"{d}/front-error.log"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    try:
+        # Warm up: connections opened, pools grown.
+        subprocess.run(["wrk", "-t2", "-c8", "-d1s", f"http://127.0.0.1:{port}/c"], stdout=subprocess.DEVNULL, check=False)
+        settle(port)
+        c0, a0 = cpu_of(p.pid), copies(port)[0]
+        out = subprocess.run(["wrk", "-t2", "-c8", f"-d{duration}s", f"http://127.0.0.1:{port}/c"],
+                             capture_output=True, text=True, check=False).stdout
+        settle(port)
+        c1, a1 = cpu_of(p.pid), copies(port)[0]
+        reqs = next((int(l.split()[0]) for l in out.splitlines() if "requests in" in l), 0)
+        rps = next((float(l.split()[1]) for l in out.splitlines() if l.startswith("Requests/sec")), 0.0)
+        return (c1 - c0) / max(reqs, 1), (a1 - a0) / max(reqs, 1), rps
+    finally:
+        os.kill(p.pid, signal.SIGQUIT)
+        p.wait(timeout=30)
+
+
+def main():
+    for tool in ("wrk", "valgrind"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is needed (make bench-deps)")
+    if not os.path.exists(DEBIAN_NGINX):
+        raise SystemExit("Debian's nginx is needed: apt-get install nginx")
+    cells = [c for c in os.environ.get("CELLS", ",".join(CELLS)).split(",") if c]
+    rounds = int(os.environ.get("ROUNDS", 3))
+    duration = int(os.environ.get("DURATION", 5))
+    work = tempfile.mkdtemp(prefix="cost-", dir=os.path.join(ROOT, "build"))
+    peers, ports = start_peers(work)
+    results = {}
+    try:
+        if os.environ.get("SKIP_CALLGRIND", "") == "":
+            for cell in cells:
+                (i1, a1), (i5, a5) = callgrind_run(work, cell, ports, 1000), callgrind_run(work, cell, ports, 5000)
+                per_req = (i5 - i1) / 4000
+                copies_per_req = 1.0 if cell == "builtin" else (a5 - a1) / 4000
+                results.setdefault(cell, {}).update(instr_per_req=per_req, copies_per_req=copies_per_req)
+                print(f"{cell:8} instructions per request {per_req:9.0f}  copies per request {copies_per_req:.3f}", flush=True)
+        if os.environ.get("SKIP_CPU", "") == "":
+            samples = {c: [] for c in cells}
+            for r in range(rounds):
+                for cell in cells:
+                    cpu, cpr, rps = cpu_run(work, cell, ports, duration)
+                    if cell == "builtin":
+                        cpr = 1.0
+                    samples[cell].append((cpu, cpr, rps))
+                    print(f"round {r} {cell:8} CPU µs per request {cpu * 1e6:6.1f}  copies/req {cpr:.3f}  {rps:8.0f} req/s", flush=True)
+            for cell, s in samples.items():
+                results.setdefault(cell, {}).update(
+                    cpu_per_req=statistics.median(x[0] for x in s),
+                    cpu_copies_per_req=statistics.median(x[1] for x in s),
+                    rps=statistics.median(x[2] for x in s))
+    finally:
+        os.kill(peers.pid, signal.SIGQUIT)
+        peers.wait(timeout=30)
+    base = results.get("none", {})
+    print("\n| cell | instructions per copy | CPU µs per copy | req/s (ratio to none) |")
+    print("|---|---|---|---|")
+    for cell in cells:
+        r = results[cell]
+        if cell == "none":
+            print(f"| none (per whole request) | {r.get('instr_per_req', 0) / 1000:.1f}k per request | "
+                  f"{r.get('cpu_per_req', 0) * 1e6:.1f} per request | {r.get('rps', 0):.0f} |")
+            continue
+        ins = (r.get("instr_per_req", 0) - base.get("instr_per_req", 0)) / max(r.get("copies_per_req", 1), 1e-9)
+        cpu = (r.get("cpu_per_req", 0) - base.get("cpu_per_req", 0)) / max(r.get("cpu_copies_per_req", 1), 1e-9)
+        ratio = r.get("rps", 0) / max(base.get("rps", 1), 1)
+        print(f"| {cell} | {ins / 1000:.1f}k | {cpu * 1e6:.1f} | {r.get('rps', 0):.0f} ({ratio:.2f}×) |")
+    with open(os.path.join(work, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    print(f"\n(results in {work}/results.json)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
