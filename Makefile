@@ -5,6 +5,8 @@
 #   make module  build/ngx_http_async_mirror_module.so and the matching build/nginx
 #                (NGINX_SOURCE_DIR=... or NGINX_BUILD_DIR=...: against that nginx instead)
 #   make test-distro  the integration tests against Debian's packaged nginx
+#   make test-matrix  the integration tests against each supported nginx (1.22.1 to 1.31.4),
+#                     each built from source here, and a mismatched module refused by nginx
 #   make test-docker  build docker/Dockerfile with local base images, run it, check copies
 #   make test-addon   build through nginx's ./configure --add-dynamic-module, run the tests with it
 #   make check        README/docs links, cargo fmt --check and clippy -D warnings
@@ -35,12 +37,12 @@ endif
 # Debian's packaged nginx, configured with Debian's own flags, for `make test-distro`.
 DEB_SRC    := $(BUILD)/debian-nginx
 
-.PHONY: all deps module demo test test-distro distro-src deb test-deb test-monitoring test-docker test-addon test-valgrind unittest check fmt clean help bench bench-soak bench-deps
+.PHONY: all deps module demo test test-distro test-matrix distro-src deb test-deb test-monitoring test-docker test-addon test-valgrind unittest check fmt clean help bench bench-soak bench-deps
 
 all: module
 
 help:
-	@sed -n '2,12p' Makefile
+	@sed -n '3,17p' Makefile
 
 # Installs the Debian packages the build needs, only those that are missing.
 deps:
@@ -94,6 +96,16 @@ bench-soak: module bench-deps
 test-distro: distro-src
 	NGINX_BUILD_DIR=$(CURDIR)/$(DEB_SRC)/objs CARGO_TARGET_DIR=target/distro TEST_NGINX_BINARY=/usr/sbin/nginx \
 		$(CARGO) test --$(PROFILE) --locked --features test-hooks
+
+# Every nginx version the module supports (docs/nginx-versions.md): Debian 12's packaged
+# 1.22.1, the vendored 1.28.3, and the others from vendor/nginx/. Each is built here, the
+# module is built against it, and the integration tests run against the pair.
+MATRIX_VERSIONS := 1.22.1 1.24.0 1.26.3 1.28.3 1.30.4 1.31.4
+# Which integration tests run against each version (cargo test filters, e.g. "mirror:: body::");
+# empty: the whole suite (about 25 s a version).
+MATRIX_TESTS :=
+test-matrix: deps
+	MATRIX_VERSIONS="$(MATRIX_VERSIONS)" MATRIX_TESTS="$(MATRIX_TESTS)" bash packaging/matrix/test-matrix.sh
 
 # Debian's nginx source, configured with Debian's own flags (conf_flags from nginx-dev).
 distro-src: deps

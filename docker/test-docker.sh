@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # make test-docker: builds docker/Dockerfile and runs the image on this machine, with no
 # registry. Local stand-ins replace the base images: Debian bookworm from debootstrap,
-# a builder with this machine's Rust toolchain, and a runtime carrying the nginx the
-# module is built for in the official image's layout. Crates are vendored on the host and
-# the image is built offline. Everything here is test-only; the Dockerfile's defaults stay
-# the official images.
+# a builder with this machine's Rust toolchain, and a runtime carrying nginx NGINX_VERSION
+# (the Dockerfile's default, nginx stable) built from vendor/nginx with the official image's
+# configure options and layout. The builder builds the module against the same tarball (in
+# the build context), as the Dockerfile does with the official images. Crates are vendored
+# on the host and the image is built offline. Everything here is test-only; the
+# Dockerfile's defaults stay the official images.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -12,6 +14,9 @@ W=$ROOT/build/docker-test
 mkdir -p "$W"
 SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
 DOCKER=/usr/bin/docker
+# The nginx of the image: the Dockerfile's default (nginx stable), or NGINX_VERSION=1.31.4 etc.
+# (any version in vendor/nginx).
+NGINX_VERSION=${NGINX_VERSION:-$(sed -n 's/^ARG NGINX_VERSION=//p' docker/Dockerfile)}
 
 missing=""
 for p in docker.io debootstrap; do dpkg -s $p >/dev/null 2>&1 || missing="$missing $p"; done
@@ -30,7 +35,7 @@ cleanup() {
     $DOCKER builder prune -af >/dev/null 2>&1
     [ -n "${DPID:-}" ] && { kill "$DPID"; wait "$DPID" 2>/dev/null; }
     # Keep the debootstrap tree for the next run; the toolchain copy and sources are large.
-    rm -rf "$W/builder" "$W/src"
+    rm -rf "$W/builder" "$W/src" "$W/runtime"
     mountpoint -q /run/docker/netns/default 2>/dev/null && umount /run/docker/netns/default
 }
 trap cleanup EXIT
@@ -62,20 +67,76 @@ ENV PATH=/usr/local/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/
 DOCKERFILE
 DOCKER_BUILDKIT=1 $DOCKER build -q --network host -t local/async-mirror-builder:test "$W/builder" >/dev/null
 
-echo "== runtime stand-in: the module's nginx in the official image's layout"
-make -s module >/dev/null
-rm -rf "$W/runtime" && mkdir -p "$W/runtime/conf"
-cp build/nginx "$W/runtime/nginx"
-printf 'worker_processes 1;\nerror_log /var/log/nginx/error.log notice;\nevents { worker_connections 1024; }\nhttp {\n    access_log off;\n    include /etc/nginx/conf.d/*.conf;\n}\n' >"$W/runtime/conf/nginx.conf"
+echo "== runtime stand-in: nginx $NGINX_VERSION from vendor/nginx, built and laid out as in the official image"
+# The official image's configure options (nginx -V there), without its compiler flags: far
+# more modules than the builder configures, which --with-compat makes irrelevant to the
+# module's signature.
+OFFICIAL_CONFIGURE=(--prefix=/etc/nginx --sbin-path=/usr/sbin/nginx --modules-path=/usr/lib/nginx/modules
+    --conf-path=/etc/nginx/nginx.conf --error-log-path=/var/log/nginx/error.log
+    --http-log-path=/var/log/nginx/access.log --pid-path=/var/run/nginx.pid --lock-path=/var/run/nginx.lock
+    --http-client-body-temp-path=/var/cache/nginx/client_temp --http-proxy-temp-path=/var/cache/nginx/proxy_temp
+    --http-fastcgi-temp-path=/var/cache/nginx/fastcgi_temp --http-uwsgi-temp-path=/var/cache/nginx/uwsgi_temp
+    --http-scgi-temp-path=/var/cache/nginx/scgi_temp --user=nginx --group=nginx --with-compat --with-file-aio
+    --with-threads --with-http_addition_module --with-http_auth_request_module --with-http_dav_module
+    --with-http_flv_module --with-http_gunzip_module --with-http_gzip_static_module --with-http_mp4_module
+    --with-http_random_index_module --with-http_realip_module --with-http_secure_link_module
+    --with-http_slice_module --with-http_ssl_module --with-http_stub_status_module --with-http_sub_module
+    --with-http_v2_module --with-http_v3_module --with-mail --with-mail_ssl_module --with-stream
+    --with-stream_realip_module --with-stream_ssl_module --with-stream_ssl_preread_module)
+TARBALL=vendor/nginx/nginx-$NGINX_VERSION.tar.gz
+[ -f "$TARBALL" ] || { echo "no $TARBALL: the stand-in runtime is built from vendor/nginx"; exit 1; }
+want=$(sed -n "s/^\([0-9a-f]\{64\}\)  nginx-$NGINX_VERSION\.tar\.gz$/\1/p" vendor/nginx/SHA256SUMS)
+sum=$(sha256sum "$TARBALL" | cut -d' ' -f1)
+[ "$sum" = "$want" ] || { echo "sha256 of $TARBALL is $sum, vendor/nginx/SHA256SUMS says '$want'"; exit 1; }
+NGX=$W/nginx-$NGINX_VERSION
+stamp="$sum ${OFFICIAL_CONFIGURE[*]}"
+# Kept between runs, like the debootstrap tree, while the tarball and options are the same.
+if [ ! -x "$NGX/root/usr/sbin/nginx" ] || [ "$(cat "$NGX/stamp" 2>/dev/null)" != "$stamp" ]; then
+    rm -rf "$NGX" && mkdir -p "$NGX/src"
+    tar -xzf "$TARBALL" -C "$NGX/src" --strip-components=1
+    (cd "$NGX/src" && ./configure "${OFFICIAL_CONFIGURE[@]}" >"$NGX/configure.log" 2>&1) \
+        || { tail -30 "$NGX/configure.log"; exit 1; }
+    env -u MAKEFLAGS -u MAKELEVEL make -C "$NGX/src" -j"$(nproc)" >"$NGX/make.log" 2>&1 || { tail -30 "$NGX/make.log"; exit 1; }
+    env -u MAKEFLAGS -u MAKELEVEL make -C "$NGX/src" install DESTDIR="$NGX/root" >>"$NGX/make.log" 2>&1 \
+        || { tail -30 "$NGX/make.log"; exit 1; }
+    echo "$stamp" >"$NGX/stamp"
+fi
+rm -rf "$W/runtime" && mkdir -p "$W/runtime"
+cp -a "$NGX/root" "$W/runtime/root"
+# /var/run is a symlink in the image; the official image serves /usr/share/nginx/html and
+# keeps modules in /usr/lib/nginx/modules.
+R=$W/runtime/root
+rm -rf "$R/var/run" && mkdir -p "$R/usr/share/nginx" "$R/usr/lib/nginx/modules"
+mv "$R/etc/nginx/html" "$R/usr/share/nginx/html"
+# The official image's nginx.conf, shortened.
+cat >"$W/runtime/root/etc/nginx/nginx.conf" <<'CONF'
+user  nginx;
+worker_processes  auto;
+
+error_log  /var/log/nginx/error.log notice;
+pid        /var/run/nginx.pid;
+
+events {
+    worker_connections  1024;
+}
+
+http {
+    include       /etc/nginx/mime.types;
+    default_type  application/octet-stream;
+    access_log    off;
+    sendfile      on;
+    keepalive_timeout  65;
+    include /etc/nginx/conf.d/*.conf;
+}
+CONF
 cat >"$W/runtime/Dockerfile" <<'DOCKERFILE'
 FROM local/bookworm:minbase
-COPY nginx /usr/sbin/nginx
-COPY conf/nginx.conf /etc/nginx/nginx.conf
-# The vendored nginx's compiled-in prefix is /usr/local/nginx; point it at /etc/nginx as in
-# the official image (modules/ relative to the prefix is /etc/nginx/modules there).
-RUN mkdir -p /etc/nginx/conf.d /etc/nginx/modules /var/log/nginx /usr/share/nginx/html /usr/local/nginx \
- && ln -s /etc/nginx /usr/local/nginx/conf && ln -s /etc/nginx/modules /usr/local/nginx/modules \
- && ln -s /var/log/nginx /usr/local/nginx/logs && echo ok >/usr/share/nginx/html/index.html
+COPY root/ /
+# As in the official image: an nginx user, modules in /usr/lib/nginx/modules reached as
+# /etc/nginx/modules, the temp paths under /var/cache/nginx.
+RUN groupadd --system nginx && useradd --system --gid nginx --no-create-home --home /nonexistent --shell /bin/false nginx \
+ && ln -s /usr/lib/nginx/modules /etc/nginx/modules && mkdir -p /etc/nginx/conf.d /var/cache/nginx /var/log/nginx \
+ && nginx -t
 CMD ["nginx", "-g", "daemon off;"]
 DOCKERFILE
 DOCKER_BUILDKIT=1 $DOCKER build -q --network host -t local/nginx-standin:test "$W/runtime" >/dev/null
@@ -83,12 +144,14 @@ DOCKER_BUILDKIT=1 $DOCKER build -q --network host -t local/nginx-standin:test "$
 echo "== source context with vendored crates (offline build)"
 rm -rf "$W/src" && mkdir -p "$W/src/.cargo"
 git archive HEAD | tar -x -C "$W/src"
-(cd "$W/src" && cargo vendor --locked vendor >/dev/null 2>"$W/vendor.log")
-printf '[source.crates-io]\nreplace-with = "vendored"\n[source.vendored]\ndirectory = "vendor"\n' >"$W/src/.cargo/config.toml"
+# In vendor/crates: vendor/nginx holds the nginx sources the builder uses.
+(cd "$W/src" && cargo vendor --locked vendor/crates >/dev/null 2>"$W/vendor.log")
+printf '[source.crates-io]\nreplace-with = "vendored"\n[source.vendored]\ndirectory = "vendor/crates"\n' >"$W/src/.cargo/config.toml"
 
 echo "== docker build -f docker/Dockerfile"
 start=$(date +%s)
 DOCKER_BUILDKIT=1 $DOCKER build --network host -f "$W/src/docker/Dockerfile" \
+    --build-arg NGINX_VERSION="$NGINX_VERSION" \
     --build-arg BUILDER_IMAGE=local/async-mirror-builder:test \
     --build-arg RUNTIME_IMAGE=local/nginx-standin:test \
     --build-arg CARGO_FLAGS=--offline \
@@ -122,5 +185,7 @@ for _ in $(seq 50); do
 done
 curl -s "http://127.0.0.1:$FRONT/mirror-status" | grep -E '^nginx_async_mirror_copies_total.*outcome="ok"'
 [ "${got:-0}" -ge 20 ] || { echo "FAILED: the sink got ${got:-0} of 20 copies"; $DOCKER logs "$CID" | tail; exit 1; }
-$DOCKER exec "$CID" nginx -V 2>&1 | sed -n 1p
+version=$($DOCKER exec "$CID" nginx -v 2>&1)
+echo "$version"
+[ "$version" = "nginx version: nginx/$NGINX_VERSION" ] || { echo "FAILED: the image runs '$version', not nginx $NGINX_VERSION"; exit 1; }
 echo "1 passed, 0 failed"
