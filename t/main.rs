@@ -17,6 +17,7 @@ mod live;
 mod mirror;
 mod observability;
 mod operators;
+mod pipeline;
 mod resolve;
 mod sampling;
 mod tls;

@@ -40,7 +40,7 @@ pub struct CompareLog {
 
 /// What makes two uses of a URL one target: the TLS settings (https only) and the
 /// HTTP version.
-type TargetKey = (String, Option<TlsSettings>, bool);
+type TargetKey = (String, Option<TlsSettings>, (bool, Option<usize>));
 
 /// http-level settings and the registry of every target named anywhere in `http{}`.
 #[derive(Debug, Default)]
@@ -94,14 +94,21 @@ impl MainConf {
     ///
     /// # Errors
     /// TLS settings whose certificates cannot be loaded.
-    pub fn resolve(&mut self, spec: SpecId, tls: &TlsSettings, http2: bool) -> Result<TargetId, String> {
+    pub fn resolve(
+        &mut self,
+        spec: SpecId,
+        tls: &TlsSettings,
+        (http2, pipeline): (bool, Option<usize>),
+    ) -> Result<TargetId, String> {
         let base = &self.specs[spec];
-        let key = (base.url.clone(), base.https.then(|| tls.clone()), http2);
+        let key = (base.url.clone(), base.https.then(|| tls.clone()), (http2, pipeline));
         if let Some(id) = self.target_keys.position(|k| *k == key) {
             return Ok(id);
         }
         let mut target = base.clone();
         target.http2 = http2;
+        // Pipelining needs one place for every copy: not a URL with variables.
+        target.pipeline = pipeline.filter(|_| base.dest.is_some());
         if target.https {
             let which = (tls.clone(), http2);
             let config = match self.tls_configs.iter().find(|(k, _)| *k == which) {
@@ -183,8 +190,8 @@ pub struct LocConf {
     pub ssl_trusted_certificate: Option<PathBuf>,
     pub ssl_certificate: Option<PathBuf>,
     pub ssl_certificate_key: Option<PathBuf>,
-    /// `async_mirror_http_version 2`.
-    pub http2: Option<bool>,
+    /// `async_mirror_http_version`: HTTP/2, or HTTP/1.1 with its pipelining depth.
+    pub http_version: Option<(bool, Option<usize>)>,
     pub compare: Option<bool>,
     /// Lowercase names.
     pub compare_headers: Option<Vec<String>>,
@@ -259,9 +266,9 @@ impl LocConf {
     /// As [`MainConf::resolve`].
     pub fn resolve_targets(&mut self, mc: &mut MainConf) -> Result<(), String> {
         let tls = self.tls_settings()?;
-        let http2 = self.http2.unwrap_or(defaults::HTTP2);
+        let version = self.http_version.unwrap_or((defaults::HTTP2, None));
         for m in self.mirrors.iter_mut().flatten() {
-            m.target = Some(mc.resolve(m.spec, &tls, http2)?);
+            m.target = Some(mc.resolve(m.spec, &tls, version)?);
         }
         Ok(())
     }
@@ -362,7 +369,7 @@ impl Merge for LocConf {
         self.body_max_size = self.body_max_size.or(prev.body_max_size);
         self.body_buffer_size = self.body_buffer_size.or(prev.body_buffer_size);
         self.ssl_verify = self.ssl_verify.or(prev.ssl_verify);
-        self.http2 = self.http2.or(prev.http2);
+        self.http_version = self.http_version.or(prev.http_version);
         if self.ssl_trusted_certificate.is_none() {
             self.ssl_trusted_certificate = prev.ssl_trusted_certificate.clone();
         }

@@ -198,7 +198,7 @@ directive!(cmd_ssl_certificate_key, LocConf, |cf, lc, args| {
 });
 
 directive!(cmd_http_version, LocConf, |_cf, lc, args| {
-    set_once(&mut lc.http2, parse_http_version(args[0])?)
+    set_once(&mut lc.http_version, parse_http_version(args)?)
 });
 
 directive!(cmd_max_fails, LocConf, |_cf, lc, args| {

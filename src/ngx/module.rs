@@ -172,7 +172,7 @@ pub static mut COMMANDS: [ngx_command_t; 35] = [
     ),
     command(ngx_string!("async_mirror_body_max_size"), HSL | NGX_CONF_TAKE1, cmd_body_max_size::<M>),
     command(ngx_string!("async_mirror_body_buffer_size"), HSL | NGX_CONF_TAKE1, cmd_body_buffer_size::<M>),
-    command(ngx_string!("async_mirror_http_version"), HSL | NGX_CONF_TAKE1, cmd_http_version::<M>),
+    command(ngx_string!("async_mirror_http_version"), HSL | NGX_CONF_TAKE12, cmd_http_version::<M>),
     command(ngx_string!("async_mirror_max_fails"), HSL | NGX_CONF_TAKE1, cmd_max_fails::<M>),
     command(ngx_string!("async_mirror_fail_timeout"), HSL | NGX_CONF_TAKE1, cmd_fail_timeout::<M>),
     command(ngx_string!("async_mirror_max_connections"), MAIN | NGX_CONF_TAKE1, cmd_max_connections::<M>),

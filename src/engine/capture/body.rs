@@ -211,6 +211,21 @@ impl Drop for BodyRx {
 }
 
 impl BodyRx {
+    /// The whole body, when the client's body is complete and nothing was read from the
+    /// stream yet (a pipelined copy is written in one piece); the stream is then spent.
+    pub fn take_complete(&mut self) -> Option<Bytes> {
+        if !self.state.complete() {
+            return None;
+        }
+        let mut whole = bytes::BytesMut::new();
+        while let Ok(chunk) = self.rx.try_recv() {
+            self.backlog.give_bytes(chunk.len());
+            self.state.sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            whole.extend_from_slice(&chunk);
+        }
+        Some(whole.freeze())
+    }
+
     pub fn boxed(self) -> CopyBody {
         BodyExt::boxed(self)
     }

@@ -8,14 +8,17 @@ mod http1;
 mod http2;
 mod idle;
 mod limits;
+mod pipeline;
 mod preface;
 mod resolve;
 mod response;
 mod send;
 mod target;
 mod tls;
+mod wire;
 
 pub use breaker::{Breaker, BreakerSettings, Clock, Gate};
+pub use pipeline::{Job, Landing, Pipeline};
 pub use response::{Keep, MirrorResponse};
 pub use target::{ClientSettings, CopyOptions, Outgoing, Target};
 pub use tls::{ALPN_H2, ALPN_HTTP1, TlsSettings, client_config, load_key, load_pem};

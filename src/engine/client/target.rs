@@ -48,6 +48,8 @@ pub struct Target {
     /// Signalled when a copy in flight gives its room back.
     room: Notify,
     pub(super) max_connections: usize,
+    /// How long an idle connection is kept.
+    pub(super) keepalive: Duration,
     pub(super) limits: Arc<Limits>,
     pub(super) h1: IdlePool<http1::Conn>,
     pub(super) h2: Option<http2::Pool>,
@@ -123,7 +125,8 @@ impl Target {
             let pool = http2::Pool::new(limits.clone(), settings.keepalive_timeout);
             (limits, max.saturating_mul(http2::MAX_STREAMS), Some(pool))
         } else {
-            (Limits::new(max, CONNECTS_IN_PROGRESS), max, None)
+            let depth = spec.pipeline.unwrap_or(1);
+            (Limits::new(max, CONNECTS_IN_PROGRESS), max.saturating_mul(depth), None)
         };
         Target {
             id,
@@ -133,6 +136,7 @@ impl Target {
             max_inflight: inflight,
             room: Notify::new(),
             max_connections: max,
+            keepalive: settings.keepalive_timeout,
             h1: IdlePool::new(limits.clone(), settings.keepalive_timeout),
             h2,
             h1_only: AtomicBool::new(false),
@@ -161,7 +165,9 @@ impl Target {
             return false;
         }
         match &self.h2 {
-            Some(pool) if !self.h1_only.load(Ordering::Relaxed) => inflight < pool.budget(self.max_connections),
+            Some(pool) if !self.h1_only.load(Ordering::Relaxed) => {
+                inflight < pool.budget(self.max_connections)
+            }
             _ => true,
         }
     }
@@ -262,19 +268,30 @@ impl Target {
             {
                 Outcome::Failed(FailReason::BodySlow)
             }
-            Miss::Failed(Failure { reason, detail }) => {
-                let outcome = Outcome::Failed(reason);
-                self.log.push(self.id, || format!("copy failed ({outcome}): {detail}"));
-                if self.breaker.failure(now_ms(), opts.breaker) {
-                    let (n, t) = (opts.breaker.max_fails, opts.breaker.fail_timeout);
-                    self.log.push(self.id, || format!("{n} consecutive failures, target skipped for {t:?}"));
-                    // Copies waiting for a connection give up now.
-                    self.limits.notify.notify_waiters();
-                }
-                outcome
+            Miss::Failed(f) => {
+                self.record_failure(&f, Some(opts.breaker), now_ms());
+                Outcome::Failed(f.reason)
             }
         };
         (outcome, None)
+    }
+
+    /// A failure the mirror caused: its error line, and the breaker hears of it.
+    pub(super) fn record_failure(&self, f: &Failure, breaker: Option<BreakerSettings>, now_ms: u64) {
+        let outcome = Outcome::Failed(f.reason);
+        self.log.push(self.id, || format!("copy failed ({outcome}): {}", f.detail));
+        let Some(settings) = breaker else { return };
+        if self.breaker.failure(now_ms, settings) {
+            let (n, t) = (settings.max_fails, settings.fail_timeout);
+            self.log.push(self.id, || format!("{n} consecutive failures, target skipped for {t:?}"));
+            // Copies waiting for a connection give up now.
+            self.limits.notify.notify_waiters();
+        }
+    }
+
+    /// Whether the breaker keeps copies away now.
+    pub(super) fn breaker_open(&self, now_ms: u64) -> bool {
+        self.breaker.still_open(now_ms)
     }
 
     /// Waits until a connection or stream may be free; `Err` when the copy should stop.

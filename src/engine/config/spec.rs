@@ -20,6 +20,8 @@ pub struct TargetSpec {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// `async_mirror_http_version 2`: h2c, or ALPN h2 with HTTP/1.1 as the fallback.
     pub http2: bool,
+    /// `async_mirror_http_version 1.1 pipeline=N`: copies pipelined N deep per connection.
+    pub pipeline: Option<usize>,
     /// `resolve=TIME`: the host name is looked up again every TIME on the runtime.
     pub resolve: Option<std::time::Duration>,
     /// `hosts=`: for a URL with variables in its host or port, the only `(host, port)`
@@ -79,6 +81,7 @@ pub fn parse_target_with(written: &str, resolve: Option<std::time::Duration>) ->
             dest: Some(Dest::new(url, PathKind::Prefix, None)),
             tls: None,
             http2: false,
+            pipeline: None,
             resolve,
             allowed: Vec::new(),
         });
@@ -94,6 +97,7 @@ pub fn parse_target_with(written: &str, resolve: Option<std::time::Duration>) ->
         dest: Some(Dest::new(url, PathKind::Prefix, Some(addr))),
         tls: None,
         http2: false,
+        pipeline: None,
         resolve: None,
         allowed: Vec::new(),
     })
@@ -144,6 +148,7 @@ pub fn parse_template(written: &str, hosts: Option<&[&str]>) -> Result<TargetSpe
         dest: None,
         tls: None,
         http2: false,
+        pipeline: None,
         resolve: None,
         allowed,
     })

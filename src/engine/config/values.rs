@@ -177,16 +177,26 @@ pub fn parse_status_range(a: &str) -> Result<(u16, u16), String> {
     }
 }
 
-/// `async_mirror_http_version`: whether it asks for HTTP/2.
+/// `async_mirror_http_version 1.1 [pipeline=N] | 2`: whether it asks for HTTP/2, and the
+/// pipelining depth of HTTP/1.1.
 ///
 /// # Errors
-/// Anything but `1.1`, `2` or `2.0`.
-pub fn parse_http_version(v: &str) -> Result<bool, String> {
-    match v {
-        "1.1" => Ok(false),
-        "2" | "2.0" => Ok(true),
-        v => Err(format!("invalid HTTP version \"{v}\" (expected 1.1 or 2)")),
-    }
+/// Anything but `1.1`, `2` or `2.0`; `pipeline=` out of 2..=128 or with HTTP/2.
+pub fn parse_http_version(args: &[&str]) -> Result<(bool, Option<usize>), String> {
+    let http2 = match args.first().copied().unwrap_or("") {
+        "1.1" => false,
+        "2" | "2.0" => true,
+        v => return Err(format!("invalid HTTP version \"{v}\" (expected 1.1 or 2)")),
+    };
+    let pipeline = match args.get(1) {
+        None => None,
+        Some(p) if http2 => return Err(format!("\"{p}\" is for HTTP/1.1 (HTTP/2 multiplexes)")),
+        Some(p) => match p.strip_prefix("pipeline=").map(|n| n.parse::<usize>()) {
+            Some(Ok(n @ 2..=128)) => Some(n),
+            _ => return Err(format!("invalid parameter \"{p}\" (expected pipeline=2..128)")),
+        },
+    };
+    Ok((http2, pipeline))
 }
 
 /// A time that must not be zero (timeouts, intervals).
@@ -265,9 +275,13 @@ mod tests {
         for bad in ["6xx", "99", "600", "0404", "x", "", "4x"] {
             assert!(parse_status_range(bad).is_err(), "{bad} accepted");
         }
-        assert_eq!(parse_http_version("2"), Ok(true));
-        assert_eq!(parse_http_version("1.1"), Ok(false));
-        assert!(parse_http_version("1.0").is_err());
+        assert_eq!(parse_http_version(&["2"]), Ok((true, None)));
+        assert_eq!(parse_http_version(&["1.1"]), Ok((false, None)));
+        assert_eq!(parse_http_version(&["1.1", "pipeline=8"]), Ok((false, Some(8))));
+        assert!(parse_http_version(&["1.0"]).is_err());
+        assert!(parse_http_version(&["2", "pipeline=8"]).is_err());
+        assert!(parse_http_version(&["1.1", "pipeline=1"]).is_err());
+        assert!(parse_http_version(&["1.1", "pipeline=x"]).is_err());
         assert!(positive_time("0").is_err());
         assert_eq!(positive_time("1s"), Ok(Duration::from_secs(1)));
     }

@@ -6,19 +6,26 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 
 use super::admission::MirrorCopy;
 use super::inbox::Inbox;
-use super::life::{self, Flight, Logs};
-use crate::engine::client::Clock;
+use super::life::{self, Flight, LaneLanding, Logs};
+use crate::engine::client::{Clock, Job, Keep, Landing, Pipeline};
 use crate::engine::outcome::{DropReason, Outcome};
 
 pub async fn run(lane: Flight, inbox: Arc<Inbox>, clock: Clock, logs: Logs) {
     let target = lane.target.clone();
+    // `pipeline=N`: copies go to the target's pipelined connections instead of flying here.
+    let pipeline = target.spec.pipeline.map(|depth| {
+        let landing: Arc<dyn Landing<MirrorCopy>> =
+            Arc::new(LaneLanding { lane: lane.clone(), logs: logs.clone() });
+        (Pipeline::new(depth), landing)
+    });
     let mut waiting: VecDeque<MirrorCopy> = VecDeque::new();
     let mut flying = FuturesUnordered::new();
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
@@ -39,6 +46,17 @@ pub async fn run(lane: Flight, inbox: Arc<Inbox>, clock: Clock, logs: Logs) {
             match copy.depart(clock.now_ms()) {
                 Some(copy) => {
                     target.took_room();
+                    let mut copy = copy;
+                    if let Some((pipe, landing)) = &pipeline {
+                        if let Some((bytes, keep)) = pipelined(&mut copy, &lane) {
+                            let (head_only, opts) = (copy.head.method == http::Method::HEAD, copy.opts);
+                            let departed = Instant::now();
+                            let job =
+                                Job { item: copy, bytes, head_only, keep, opts, resent: false, departed };
+                            pipe.push(job, &target, landing, clock);
+                            continue;
+                        }
+                    }
                     flying.push(life::fly(copy, lane.clone(), clock, logs.clone()));
                 }
                 // The breaker opened while it waited.
@@ -58,4 +76,17 @@ pub async fn run(lane: Flight, inbox: Arc<Inbox>, clock: Clock, logs: Logs) {
             _ = sweep.tick() => target.sweep(),
         }
     }
+}
+
+/// A copy as a pipelined connection writes it, or `None` when it cannot be pipelined (its
+/// body is still arriving); it then flies as any copy. A request that makes no target
+/// flies too, and ends `skipped` there.
+fn pipelined(copy: &mut MirrorCopy, lane: &Flight) -> Option<(Bytes, Keep)> {
+    let dest = lane.target.spec.dest.as_ref()?;
+    let body = match copy.body.as_mut() {
+        None => None,
+        Some(rx) => Some(rx.take_complete()?),
+    };
+    let mut bytes = Vec::with_capacity(copy.head.weight() + body.as_ref().map_or(0, Bytes::len));
+    copy.head.write_h1(dest, body.as_deref(), &mut bytes).then(|| (bytes.into(), life::keep_for(copy, lane)))
 }

@@ -4,11 +4,11 @@
 //! they left the backlog).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::admission::MirrorCopy;
 use crate::engine::capture::{Backlog, RequestHead};
-use crate::engine::client::{Clock, Keep, Outgoing, Target};
+use crate::engine::client::{Clock, Keep, Landing, MirrorResponse, Outgoing, Target};
 use crate::engine::compare::{MismatchLog, Sinks, VerdictStats};
 use crate::engine::outcome::Outcome;
 use crate::engine::report::{CopyLog, Record};
@@ -48,13 +48,8 @@ pub fn ended_in_queue(copy: MirrorCopy, outcome: Outcome, target: &Target, logs:
 /// Sends a departed copy and ends it. Its room in flight is given back as soon as the
 /// outcome is counted, before the comparison waits for the primary's answer.
 pub async fn fly(mut copy: MirrorCopy, lane: Flight, clock: Clock, logs: Logs) {
-    let Flight { target, verdicts, backlog } = lane;
     let started = Instant::now();
-    let compare = copy.compare.take();
-    // A compared copy keeps the answer's body, charged to the target's share as it is read.
-    let keep = compare
-        .as_ref()
-        .map_or_else(Keep::default, |c| Keep { max: c.settings.max_body, budget: Some(backlog.clone()) });
+    let keep = keep_for(&copy, &lane);
     let body_state = copy.body.as_ref().map(|b| b.state.clone());
     let out = Outgoing {
         head: &copy.head,
@@ -64,22 +59,62 @@ pub async fn fly(mut copy: MirrorCopy, lane: Flight, clock: Clock, logs: Logs) {
         probe: copy.is_probe(),
         keep,
     };
-    let (outcome, resp) = target.deliver(out, move || clock.now_ms()).await;
+    let (outcome, resp) = lane.target.deliver(out, move || clock.now_ms()).await;
+    let body_bytes = body_state.as_ref().map_or(0, |s| s.sent());
+    if let Some(join) = landed(copy, outcome, resp, started, body_bytes, lane, logs) {
+        join.await;
+    }
+}
+
+/// A compared copy keeps the answer's body, charged to the target's share as it is read.
+pub fn keep_for(copy: &MirrorCopy, lane: &Flight) -> Keep {
+    copy.compare
+        .as_ref()
+        .map_or_else(Keep::default, |c| Keep { max: c.settings.max_body, budget: Some(lane.backlog.clone()) })
+}
+
+/// A delivered copy: its time and outcome counted, its room given back, its log line.
+/// A compared copy returns its comparison, which waits for the primary's answer (the
+/// line is written once it has a verdict).
+pub fn landed(
+    mut copy: MirrorCopy,
+    outcome: Outcome,
+    resp: Option<MirrorResponse>,
+    started: Instant,
+    body_bytes: u64,
+    lane: Flight,
+    logs: Logs,
+) -> Option<impl Future<Output = ()> + Send + 'static> {
+    let Flight { target, verdicts, .. } = lane;
     let took = started.elapsed();
     target.stats.observe(took);
     target.gave_room();
+    let compare = copy.compare.take();
     let (timeout, log) = (copy.opts.timeout, copy.log);
     // Only a compared or logged copy needs its request after it ended.
     let head = (compare.is_some() || log.is_some()).then(|| copy.head.clone());
     copy.finish(outcome);
-    let Some(head) = head else { return };
-    let mut record =
-        Record::new(&target.spec.url, head.method.as_str().as_bytes(), &head.request_uri, outcome);
-    record.status = resp.as_ref().map(|r| r.status);
-    record.reused = resp.as_ref().map(|r| r.reused);
-    record.duration = Some(took);
-    record.body_bytes = Some(body_state.as_ref().map_or(0, |s| s.sent()));
-    if let Some(c) = compare {
+    let head = head?;
+    let fill = move |record: &mut Record<'_>| {
+        record.status = resp.as_ref().map(|r| r.status);
+        record.reused = resp.as_ref().map(|r| r.reused);
+        record.duration = Some(took);
+        record.body_bytes = Some(body_bytes);
+        resp
+    };
+    let Some(c) = compare else {
+        let mut record =
+            Record::new(&target.spec.url, head.method.as_str().as_bytes(), &head.request_uri, outcome);
+        fill(&mut record);
+        if let Some(l) = log {
+            logs.copies.push(l, &record);
+        }
+        return None;
+    };
+    Some(async move {
+        let mut record =
+            Record::new(&target.spec.url, head.method.as_str().as_bytes(), &head.request_uri, outcome);
+        let resp = fill(&mut record);
         let sinks = Sinks {
             stats: &verdicts,
             log: &logs.mismatch,
@@ -88,8 +123,26 @@ pub async fn fly(mut copy: MirrorCopy, lane: Flight, clock: Clock, logs: Logs) {
             uri: &record.uri,
         };
         record.verdict = Some(c.settle(resp, started + timeout, sinks).await);
-    }
-    if let Some(l) = log {
-        logs.copies.push(l, &record);
+        if let Some(l) = log {
+            logs.copies.push(l, &record);
+        }
+    })
+}
+
+/// Where pipelined copies of a lane end (see `client::Pipeline`).
+pub struct LaneLanding {
+    pub lane: Flight,
+    pub logs: Logs,
+}
+
+impl Landing<MirrorCopy> for LaneLanding {
+    fn land(&self, copy: MirrorCopy, outcome: Outcome, resp: Option<MirrorResponse>, took: Duration) {
+        let started = Instant::now() - took;
+        let body_bytes = copy.body.as_ref().map_or(0, |b| b.state.sent());
+        if let Some(join) =
+            landed(copy, outcome, resp, started, body_bytes, self.lane.clone(), self.logs.clone())
+        {
+            tokio::spawn(join);
+        }
     }
 }
