@@ -206,7 +206,8 @@ pub static mut COMMANDS: [ngx_command_t; 35] = [
 #[cfg(feature = "export-modules")]
 ngx::ngx_modules!(ngx_http_async_mirror_module);
 
-#[used]
+// Not #[used]: what references it (nginx's module table, or `ngx_modules` in a loadable
+// module) keeps it, and the replayer's binary, which links this crate too, must not.
 #[allow(non_upper_case_globals)]
 #[cfg_attr(not(feature = "export-modules"), unsafe(no_mangle))]
 pub static mut ngx_http_async_mirror_module: ngx_module_t = ngx_module_t {

@@ -67,7 +67,11 @@ pub async fn fly(mut copy: MirrorCopy, lane: Flight, permit: OwnedSemaphorePermi
         probe: copy.is_probe(),
         keep,
     };
-    let (outcome, resp) = target.deliver(out, move || clock.now_ms()).await;
+    // A capture target keeps the copy as records instead of sending it.
+    let (outcome, resp) = match copy.record.take() {
+        Some(record) => (record.deliver(out, &backlog, move || clock.now_ms()).await, None),
+        None => target.deliver(out, move || clock.now_ms()).await,
+    };
     let took = started.elapsed();
     target.stats.observe(took);
     target.stats.inflight.fetch_sub(1, Ordering::Relaxed);

@@ -5,6 +5,7 @@
 mod admission;
 mod lane;
 mod life;
+mod recorded;
 mod request;
 mod select;
 
