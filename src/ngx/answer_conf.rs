@@ -3,27 +3,17 @@
 //! file target's file opened by nginx like its logs), and each location's record settings
 //! (the headers hidden in records, the whole answer kept for response records).
 
-use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use ngx::ffi::{ngx_conf_t, ngx_open_file_t};
+use ngx::ffi::ngx_conf_t;
 
-use super::conf::{LocConf, MainConf, RESPONSE_FILTERS};
+use super::conf::{LocConf, MainConf, RESPONSE_FILTERS, SinkEntry};
 use super::setter::{ConfError, open_log};
 use super::strings::str_bytes;
 use crate::engine::compare::CompareSettings;
 use crate::engine::config::{SinkKind, SinkSpec, defaults};
 use crate::engine::record::RecordSettings;
-
-/// One capture target, by the URL its lines name it with.
-#[derive(Debug)]
-pub struct SinkEntry {
-    pub url: String,
-    pub spec: SinkSpec,
-    /// A file target's file as nginx opened it (and reopens it on `nginx -s reopen`).
-    pub file: Option<NonNull<ngx_open_file_t>>,
-}
 
 /// A capture target of an `async_mirror` line: a file target's file is opened the nginx
 /// way, relative to the prefix, and its path made absolute.
@@ -39,7 +29,12 @@ pub fn sink_entry(cf: &mut ngx_conf_t, url: &str, spec: &SinkSpec) -> Result<Sin
         }
         SinkKind::Kafka { .. } => {}
         SinkKind::File { path, .. } => {
-            let opened = open_log(cf, path)?;
+            // nginx keeps the name it is given: the argument itself, in the configuration's pool.
+            let written = url
+                .get(5..)
+                .filter(|w| w == path)
+                .ok_or(ConfError::Msg(format!("invalid target \"{url}\"")))?;
+            let opened = open_log(cf, written)?;
             // SAFETY: nginx filled in the file's full name when it registered it.
             let name = str_bytes(unsafe { &opened.as_ref().name });
             *path = String::from_utf8_lossy(name).into_owned();
@@ -66,8 +61,16 @@ pub fn register(mc: &mut MainConf, entry: SinkEntry) -> Result<(), ConfError> {
     }
 }
 
-/// The comparison settings of a merged level.
-pub fn compare_settings(lc: &LocConf) -> Option<Arc<CompareSettings>> {
+/// A merged level's comparison settings; the response filters are woken once any location
+/// compares or holds copies for the primary's status.
+pub fn merged(lc: &mut LocConf) {
+    lc.compare_settings = compare_settings(lc);
+    if (lc.compare_settings.is_some() || lc.primary_status.is_some()) && !lc.mirrors().is_empty() {
+        RESPONSE_FILTERS.store(true, Ordering::Relaxed);
+    }
+}
+
+fn compare_settings(lc: &LocConf) -> Option<Arc<CompareSettings>> {
     if !lc.compare.unwrap_or(defaults::COMPARE) {
         return None;
     }
@@ -87,12 +90,9 @@ pub fn compare_settings(lc: &LocConf) -> Option<Arc<CompareSettings>> {
 /// The record settings of a level with capture targets: what records hide (the scrub list,
 /// the credentials' headers by default) and, when a target records answers, the primary's
 /// capture keeping the whole answer (shared with the comparison, if the level compares).
-pub fn add_record_settings(lc: &mut LocConf, mc: &MainConf) {
-    let sinks: Vec<&SinkEntry> = lc
-        .mirrors()
-        .iter()
-        .filter_map(|m| mc.sinks.iter().find(|s| s.url == mc.specs[m.spec].url))
-        .collect();
+pub fn resolved(lc: &mut LocConf, mc: &MainConf) {
+    let sinks: Vec<&SinkEntry> =
+        lc.mirrors().iter().filter_map(|m| mc.sinks.iter().find(|s| s.url == mc.specs[m.spec].url)).collect();
     if sinks.is_empty() {
         lc.record = None;
         return;

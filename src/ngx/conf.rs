@@ -15,12 +15,11 @@ use crate::engine::EngineSettings;
 use crate::engine::client::{
     ALPN_H2, ALPN_HTTP1, BreakerSettings, ClientSettings, CopyOptions, TlsSettings, client_config,
 };
-use super::answer_conf::{self, SinkEntry};
 use crate::engine::compare::CompareSettings;
-use crate::engine::config::{PathKind, TargetSpec, defaults};
+use crate::engine::config::{PathKind, SinkSpec, TargetSpec, defaults};
 use crate::engine::copy::{Location, Route};
-use crate::engine::record::RecordSettings;
 use crate::engine::ids::{RateId, SpecId, Table, TargetId};
+use crate::engine::record::RecordSettings;
 
 /// The module as the glue needs to know it: whose configuration structs are these.
 /// Handlers and setters are generic over it, so only the registration names the module.
@@ -219,6 +218,15 @@ pub struct LocConf {
     pub record: Option<Arc<RecordSettings>>,
 }
 
+/// One capture target, by the URL its lines name it with.
+#[derive(Debug)]
+pub struct SinkEntry {
+    pub url: String,
+    pub spec: SinkSpec,
+    /// A file target's file as nginx opened it (and reopens it on `nginx -s reopen`).
+    pub file: Option<NonNull<ngx_open_file_t>>,
+}
+
 /// One `async_mirror_log FILE [if=VALUE]` line.
 #[derive(Debug, Clone, Copy)]
 pub struct CopyLogRef {
@@ -272,7 +280,6 @@ impl LocConf {
         for m in self.mirrors.iter_mut().flatten() {
             m.target = Some(mc.resolve(m.spec, &tls, http2)?);
         }
-        answer_conf::add_record_settings(self, mc);
         Ok(())
     }
 
@@ -381,10 +388,6 @@ impl Merge for LocConf {
         }
         if self.scrub_headers.is_none() {
             self.scrub_headers = prev.scrub_headers.clone();
-        }
-        self.compare_settings = answer_conf::compare_settings(self);
-        if (self.compare_settings.is_some() || self.primary_status.is_some()) && !self.mirrors().is_empty() {
-            RESPONSE_FILTERS.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(())
     }

@@ -101,7 +101,9 @@ fn on_header(r: &ngx_http_request_t, ctx: &mut RequestCtx) {
                     all.push((Bytes::from_static(name.as_bytes()), Bytes::from(v)));
                 }
             }
-            let framing = |n: &[u8]| n.eq_ignore_ascii_case(b"content-type") || n.eq_ignore_ascii_case(b"content-length");
+            let framing = |n: &[u8]| {
+                n.eq_ignore_ascii_case(b"content-type") || n.eq_ignore_ascii_case(b"content-length")
+            };
             for (n, v) in HeaderIter::new(&out.headers).filter(|(n, _)| !framing(n)) {
                 all.push((Bytes::copy_from_slice(n), Bytes::copy_from_slice(v)));
             }

@@ -61,7 +61,15 @@ pub struct PrimaryCapture {
 impl PrimaryCapture {
     pub fn new(tx: PrimaryTx, settings: Arc<CompareSettings>, charge: Charge) -> PrimaryCapture {
         let raw = settings.record.map(|max| RawCapture::new(max, Charge::new(&charge.backlog())));
-        PrimaryCapture { tx: Some(tx), settings, head: None, body: bytes::BytesMut::new(), skipped: None, charge, raw }
+        PrimaryCapture {
+            tx: Some(tx),
+            settings,
+            head: None,
+            body: bytes::BytesMut::new(),
+            skipped: None,
+            charge,
+            raw,
+        }
     }
 
     /// Whether captures want the whole answer: its status and every header, for

@@ -58,12 +58,6 @@ impl RawCapture {
     /// The answer, once the header went by.
     pub fn finish(self) -> Option<RawAnswer> {
         let (status, headers, at) = self.head?;
-        Some(RawAnswer {
-            status,
-            headers,
-            body: self.body.freeze(),
-            at,
-            _charge: Some(self.charge),
-        })
+        Some(RawAnswer { status, headers, body: self.body.freeze(), at, _charge: Some(self.charge) })
     }
 }

@@ -103,7 +103,8 @@ pub fn parse_mirror_line<'a>(args: &[&'a str]) -> Result<MirrorLine<'a>, String>
         return Err("key= needs sample=".into());
     }
     let sink = if sink { Some(parse_sink(url, &sink_params)?) } else { None };
-    let line = MirrorLine { url, sample_ppm: sample.unwrap_or(PPM), key, rate, resolve, baseline, hosts, sink };
+    let line =
+        MirrorLine { url, sample_ppm: sample.unwrap_or(PPM), key, rate, resolve, baseline, hosts, sink };
     if line.dynamic() && resolve.is_some() {
         return Err(format!(
             "resolve with variables in \"{url}\" (such URLs are resolved for every connection)"
@@ -159,7 +160,9 @@ mod tests {
         );
         let l = parse_mirror_line(&["file:logs/c.gor", "sample=5%", "key=$arg_u", "rotate=1m"]).unwrap();
         assert!(l.sink.is_some() && !l.dynamic() && l.spec().unwrap().url == "file:logs/c.gor");
-        assert!(parse_mirror_line(&["http://m:9", "response=off"]).unwrap_err().starts_with("unknown parameter"));
+        assert!(
+            parse_mirror_line(&["http://m:9", "response=off"]).unwrap_err().starts_with("unknown parameter")
+        );
         assert!(parse_mirror_line(&["kafka://b:1/t", "baseline"]).unwrap_err().contains("not for capture"));
     }
 }

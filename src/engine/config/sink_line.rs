@@ -87,7 +87,8 @@ pub fn parse_sink(url: &str, params: &[&str]) -> Result<SinkSpec, String> {
 }
 
 fn parse_kafka(url: &str) -> Result<SinkKind, String> {
-    let usage = || format!("invalid Kafka target \"{url}\" (expected kafka://HOST:PORT[,HOST:PORT...]/TOPIC)");
+    let usage =
+        || format!("invalid Kafka target \"{url}\" (expected kafka://HOST:PORT[,HOST:PORT...]/TOPIC)");
     let rest = url.get(8..).filter(|_| url[..8].eq_ignore_ascii_case("kafka://")).ok_or_else(usage)?;
     let (hosts, topic) = rest.split_once('/').ok_or_else(usage)?;
     if topic.is_empty() || hosts.is_empty() {

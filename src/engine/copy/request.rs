@@ -214,7 +214,8 @@ impl RequestCopies {
         if let Some(sink) = lanes.sinks.get(route.target).and_then(Option::as_ref) {
             let comparison = &mut d.comparison;
             let (view, target) = (d.view, route.target);
-            let start = |s: &Arc<_>| RequestComparison::new(s, view.endpoint(), has_baseline, view.conditional());
+            let start =
+                |s: &Arc<_>| RequestComparison::new(s, view.endpoint(), has_baseline, view.conditional());
             let key = route.keyed.then(|| Bytes::copy_from_slice(d.view.key(line)));
             let Some(r) = recording(sink, d.loc.record, lanes.backlog(target), comparison, start, key) else {
                 copy.finish(Outcome::Skipped);

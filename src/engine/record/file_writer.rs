@@ -21,6 +21,13 @@ use crate::engine::outcome::{FailReason, Failure};
 /// Records written in one `write` at most (more wait for the next).
 const BATCH_BYTES: usize = 1 << 20;
 
+/// Why a record was not kept.
+pub enum Refusal {
+    /// No room in the target's share of the backlog (or the producer's queue).
+    Full,
+    Failed(Failure),
+}
+
 struct Job {
     bytes: Vec<u8>,
     done: oneshot::Sender<Result<(), String>>,
@@ -68,17 +75,25 @@ impl FileWriter {
     ///
     /// # Errors
     /// The write failed (`failed{write}`), or `deadline` passed first (`failed{timeout}`).
-    pub async fn write(&self, record: Vec<u8>, deadline: Instant) -> Result<(), Failure> {
+    pub async fn write(&self, record: Vec<u8>, deadline: Instant) -> Result<(), Refusal> {
         let (done, written) = oneshot::channel();
         if self.tx.send(Job { bytes: record, done }).is_err() {
-            return Err(Failure::new(FailReason::Write, "the capture file's writer is not running"));
+            return Err(Refusal::Failed(Failure::new(
+                FailReason::Write,
+                "the capture file's writer is not running",
+            )));
         }
-        match tokio::time::timeout_at(deadline.into(), written).await {
+        let written = tokio::time::timeout_at(deadline.into(), written).await;
+        match written {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(e))) => Err(Failure::new(FailReason::Write, format!("{}: {e}", self.path.display()))),
             Ok(Err(_)) => Err(Failure::new(FailReason::Write, "the capture file's writer stopped")),
-            Err(_) => Err(Failure::new(FailReason::Timeout, format!("{} was not written in time", self.path.display()))),
+            Err(_) => Err(Failure::new(
+                FailReason::Timeout,
+                format!("{} was not written in time", self.path.display()),
+            )),
         }
+        .map_err(Refusal::Failed)
     }
 }
 

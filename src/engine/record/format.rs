@@ -67,7 +67,13 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// The request record: the request line as the client sent it, the captured headers
 /// (redacted), and the body with its length (the client's chunked framing is gone).
 /// `None` when the body holds the separator.
-pub fn request_record(id: &str, at_ns: u64, head: &RequestHead, body: &[u8], r: &Redaction<'_>) -> Option<Vec<u8>> {
+pub fn request_record(
+    id: &str,
+    at_ns: u64,
+    head: &RequestHead,
+    body: &[u8],
+    r: &Redaction<'_>,
+) -> Option<Vec<u8>> {
     if contains(body, SEPARATOR) {
         return None;
     }
@@ -175,7 +181,8 @@ pub fn parse_http(raw: &[u8]) -> Result<Message, String> {
     let mut headers = Vec::new();
     for line in lines {
         let (n, v) = line.split_once(':').ok_or_else(|| format!("bad header line \"{line}\""))?;
-        headers.push((Bytes::copy_from_slice(n.trim().as_bytes()), Bytes::copy_from_slice(v.trim().as_bytes())));
+        headers
+            .push((Bytes::copy_from_slice(n.trim().as_bytes()), Bytes::copy_from_slice(v.trim().as_bytes())));
     }
     let mut message = Message { start, headers, body: Bytes::copy_from_slice(&raw[body_start..]) };
     if message.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case(b"chunked")) {
@@ -255,7 +262,8 @@ mod tests {
 
     fn head(method: &str, uri: &str, headers: &[(String, String)]) -> RequestHead {
         let h: Vec<(&[u8], &[u8])> = headers.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())).collect();
-        RequestHead::capture(method.as_bytes(), uri.as_bytes(), h.into_iter(), &HeaderEdits::default()).unwrap()
+        RequestHead::capture(method.as_bytes(), uri.as_bytes(), h.into_iter(), &HeaderEdits::default())
+            .unwrap()
     }
 
     #[test]
@@ -279,9 +287,15 @@ mod tests {
              content-length: 7\r\n\r\n{\"x\":1}"
         );
         let p = parse_payload(&rec).unwrap();
-        assert_eq!((p.kind, p.id.as_str(), p.at_ns, p.latency_ns), (REQUEST, "ab12", 1_700_000_000_000_000_000, 0));
+        assert_eq!(
+            (p.kind, p.id.as_str(), p.at_ns, p.latency_ns),
+            (REQUEST, "ab12", 1_700_000_000_000_000_000, 0)
+        );
         let m = parse_http(&p.http).unwrap();
-        assert_eq!((m.start[0].as_str(), m.start[1].as_str(), &m.body[..]), ("POST", "/a?b=1", &b"{\"x\":1}"[..]));
+        assert_eq!(
+            (m.start[0].as_str(), m.start[1].as_str(), &m.body[..]),
+            ("POST", "/a?b=1", &b"{\"x\":1}"[..])
+        );
         let hs = [(Bytes::from_static(b"Set-Cookie"), Bytes::from_static(b"t=2"))];
         let resp = response_record("ab12", 5, 3, 404, &hs, b"no", &r).unwrap();
         assert_eq!(

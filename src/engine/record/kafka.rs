@@ -15,7 +15,7 @@ use rdkafka::message::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::OnceCell;
 
-use super::sink::Refusal;
+use super::file_writer::Refusal;
 use crate::engine::outcome::{FailReason, Failure};
 
 /// A `kafka://` target's producer, made when first needed.
@@ -46,7 +46,10 @@ impl KafkaOutput {
             .set("message.timeout.ms", &ms)
             .set("socket.connection.setup.timeout.ms", "1000")
             .set("queue.buffering.max.messages", self.max_messages.clamp(1, 10_000_000).to_string())
-            .set("queue.buffering.max.kbytes", (self.max_bytes / 1024).clamp(1, i32::MAX as usize).to_string())
+            .set(
+                "queue.buffering.max.kbytes",
+                (self.max_bytes / 1024).clamp(1, i32::MAX as usize).to_string(),
+            )
             .set("linger.ms", "5")
             .create()
             .map_err(|e| format!("cannot create the Kafka producer for {}: {e}", self.brokers))
@@ -60,11 +63,14 @@ impl KafkaOutput {
     pub async fn produce(&self, record: Vec<u8>, key: &[u8], deadline: Instant) -> Result<(), Refusal> {
         let left = deadline.saturating_duration_since(Instant::now());
         let producer = self.producer.get_or_init(|| async { self.create(left) }).await;
-        let producer = producer.as_ref().map_err(|e| Refusal::Failed(Failure::new(FailReason::Connect, e)))?;
+        let producer =
+            producer.as_ref().map_err(|e| Refusal::Failed(Failure::new(FailReason::Connect, e)))?;
         let message = FutureRecord::to(&self.topic).payload(&record).key(key);
         let delivery = match producer.send_result(message) {
             Ok(d) => d,
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => return Err(Refusal::Full),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                return Err(Refusal::Full);
+            }
             Err((e, _)) => return Err(refused(&e, &self.topic)),
         };
         drop(record);
@@ -100,7 +106,11 @@ fn refused(e: &KafkaError, topic: &str) -> Refusal {
 /// group has not consumed.
 pub struct TopicReader {
     consumer: StreamConsumer,
+    started: bool,
 }
+
+/// The longest wait for a topic's first message.
+const JOIN: Duration = Duration::from_secs(30);
 
 impl TopicReader {
     /// # Errors
@@ -114,15 +124,18 @@ impl TopicReader {
             .create()
             .map_err(|e| format!("cannot create the Kafka consumer: {e}"))?;
         consumer.subscribe(&[topic]).map_err(|e| format!("cannot subscribe to \"{topic}\": {e}"))?;
-        Ok(TopicReader { consumer })
+        Ok(TopicReader { consumer, started: false })
     }
 
-    /// The next message's value; `None` after `idle` without one.
+    /// The next message's value; `None` after `idle` without one (before the first, at
+    /// least [`JOIN`]: joining the group takes a few seconds).
     ///
     /// # Errors
     /// A consumer error.
-    pub async fn next(&self, idle: Duration) -> Result<Option<Vec<u8>>, String> {
-        match tokio::time::timeout(idle, self.consumer.recv()).await {
+    pub async fn next(&mut self, idle: Duration) -> Result<Option<Vec<u8>>, String> {
+        let wait = if self.started { idle } else { idle.max(JOIN) };
+        self.started = true;
+        match tokio::time::timeout(wait, self.consumer.recv()).await {
             Err(_) => Ok(None),
             Ok(Ok(m)) => Ok(Some(m.payload().unwrap_or_default().to_vec())),
             Ok(Err(e)) => Err(e.to_string()),

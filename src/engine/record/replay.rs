@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use super::format::{Payload, PayloadReader, REQUEST, RESPONSE, parse_http, parse_payload};
 use super::replay_args::{ReplayArgs, USAGE, parse_args};
 use crate::engine::capture::{HeaderEdits, RequestHead};
-use crate::engine::client::{ALPN_H2, ALPN_HTTP1, BreakerSettings, ClientSettings, CopyOptions, TlsSettings, client_config};
+use crate::engine::client::{
+    ALPN_H2, ALPN_HTTP1, BreakerSettings, ClientSettings, CopyOptions, TlsSettings, client_config,
+};
 use crate::engine::compare::{CompareSettings, PrimaryCapture, RequestComparison, Verdict};
 use crate::engine::config::{PPM, SinkKind, parse_mirror_line};
 use crate::engine::ids::{Table, TargetId};
@@ -49,7 +51,7 @@ pub fn replay_main(args: Vec<String>) -> i32 {
 
 /// What was read.
 #[derive(Debug, Default)]
-struct Tally {
+struct ReadCounts {
     records: u64,
     requests: u64,
     answers: u64,
@@ -121,7 +123,7 @@ fn verdict_totals(engine: &Engine, id: TargetId) -> [u64; Verdict::COUNT] {
     out
 }
 
-fn summary(a: &ReplayArgs, engine: &Engine, id: TargetId, t: &Tally, took: Duration) -> String {
+fn summary(a: &ReplayArgs, engine: &Engine, id: TargetId, t: &ReadCounts, took: Duration) -> String {
     let (attempted, _) = counts(engine);
     let secs = took.as_secs_f64();
     let mut out = format!(
@@ -240,7 +242,7 @@ fn feed(c: &mut PrimaryCapture, answer: &Payload) {
     c.finish();
 }
 
-async fn drive(a: &ReplayArgs, engine: &Engine, id: TargetId) -> Result<Tally, String> {
+async fn drive(a: &ReplayArgs, engine: &Engine, id: TargetId) -> Result<ReadCounts, String> {
     let compare = a.compare.then(|| {
         Arc::new(CompareSettings {
             headers: a.compare_headers.clone(),
@@ -256,7 +258,7 @@ async fn drive(a: &ReplayArgs, engine: &Engine, id: TargetId) -> Result<Tally, S
         // A replay sends everything it reads: no breaker.
         breaker: BreakerSettings { max_fails: 0, fail_timeout: Duration::from_secs(10) },
     };
-    let mut t = Tally::default();
+    let mut t = ReadCounts::default();
     let mut waiting: HashMap<String, PrimaryCapture> = HashMap::new();
     let mut early: HashMap<String, Payload> = HashMap::new();
     for _ in 0..a.repeat {
@@ -292,7 +294,9 @@ async fn drive(a: &ReplayArgs, engine: &Engine, id: TargetId) -> Result<Tally, S
                     t.answers += 1;
                     match waiting.remove(&p.id) {
                         Some(mut capture) => feed(&mut capture, &p),
-                        None if compare.is_some() && early.len() < UNPAIRED_MAX => drop(early.insert(p.id.clone(), p)),
+                        None if compare.is_some() && early.len() < UNPAIRED_MAX => {
+                            drop(early.insert(p.id.clone(), p))
+                        }
                         None => {}
                     }
                 }
@@ -316,8 +320,13 @@ fn send(
 ) -> Result<Option<PrimaryCapture>, ()> {
     let m = parse_http(&p.http).map_err(|_| ())?;
     let headers: Vec<(&[u8], &[u8])> = m.headers.iter().map(|(n, v)| (&n[..], &v[..])).collect();
-    let head = RequestHead::capture(m.start[0].as_bytes(), m.start[1].as_bytes(), headers.into_iter(), &HeaderEdits::default())
-        .map_err(|_| ())?;
+    let head = RequestHead::capture(
+        m.start[0].as_bytes(),
+        m.start[1].as_bytes(),
+        headers.into_iter(),
+        &HeaderEdits::default(),
+    )
+    .map_err(|_| ())?;
     let lanes = engine.lanes();
     // Refusals are counted by the engine (and shown in the outcomes).
     let Ok(admission) = lanes.admit(id, Ok(()), opts, false) else { return Ok(None) };
@@ -332,9 +341,10 @@ fn send(
     let Ok(mut copy) = admission.into_copy(Arc::new(head), None, body) else { return Ok(None) };
     let mut capture = None;
     if let (Some(settings), Some(backlog)) = (compare, lanes.backlog(id)) {
-        let conditional = ["range", "if-range", "if-match", "if-none-match", "if-modified-since", "if-unmodified-since"]
-            .iter()
-            .any(|h| m.header(h).is_some());
+        let conditional =
+            ["range", "if-range", "if-match", "if-none-match", "if-modified-since", "if-unmodified-since"]
+                .iter()
+                .any(|h| m.header(h).is_some());
         let (part, c) = RequestComparison::new(settings, b"replay", false, conditional).part(backlog, false);
         copy.compare = Some(part);
         capture = c;

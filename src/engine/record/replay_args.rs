@@ -86,7 +86,8 @@ pub fn parse_args(args: &[String]) -> Result<ReplayArgs, String> {
         let flag = args[i].as_str();
         let value = |i: usize| args.get(i + 1).map(String::as_str).ok_or(format!("{flag} needs a value"));
         // The values of a list option: up to the next option.
-        let list = |i: usize| args[i + 1..].iter().take_while(|v| !v.starts_with("--")).cloned().collect::<Vec<_>>();
+        let list =
+            |i: usize| args[i + 1..].iter().take_while(|v| !v.starts_with("--")).cloned().collect::<Vec<_>>();
         let mut used = 1;
         match flag {
             "--help" | "-h" => return Err(USAGE.into()),

@@ -11,17 +11,17 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 
-use super::file_writer::FileWriter;
+use super::file_writer::{FileWriter, Refusal};
+use super::format::{Redaction, record_id, request_record, response_record};
 #[cfg(feature = "kafka")]
 use super::kafka::KafkaOutput;
-use super::format::{Redaction, record_id, request_record, response_record};
 use crate::engine::capture::{Backlog, BodyRx, Charge};
 use crate::engine::client::{Breaker, CopyOptions, Outgoing};
 use crate::engine::compare::{CompareSettings, PrimaryAnswer};
 use crate::engine::config::{SinkKind, SinkSpec};
 use crate::engine::error_log::ErrorLog;
 use crate::engine::ids::TargetId;
-use crate::engine::outcome::{DropReason, FailReason, Failure, Outcome};
+use crate::engine::outcome::{DropReason, FailReason, Outcome};
 
 /// What a location tells its capture copies: the headers they hide and the one they leave
 /// out, and how the client's answer is captured for them.
@@ -36,13 +36,6 @@ pub struct RecordSettings {
     pub answer: Option<Arc<CompareSettings>>,
 }
 
-/// Why a record was not kept.
-pub enum Refusal {
-    /// No room in the target's share of the backlog (or the producer's queue).
-    Full,
-    Failed(Failure),
-}
-
 /// Where a target's records go.
 pub enum Output {
     File(FileWriter),
@@ -55,7 +48,7 @@ impl Output {
     #[cfg_attr(not(feature = "kafka"), allow(unused_variables))]
     async fn keep(&self, record: Vec<u8>, key: &[u8], deadline: Instant) -> Result<(), Refusal> {
         match self {
-            Output::File(f) => f.write(record, deadline).await.map_err(Refusal::Failed),
+            Output::File(f) => f.write(record, deadline).await,
             #[cfg(feature = "kafka")]
             Output::Kafka(k) => k.produce(record, key, deadline).await,
         }
@@ -93,9 +86,24 @@ fn unix_ns(t: SystemTime) -> u64 {
 }
 
 impl Sink {
-    pub fn new(id: TargetId, breaker: Arc<Breaker>, log: Arc<ErrorLog>, response: Option<usize>, output: Output) -> Sink {
+    pub fn new(
+        id: TargetId,
+        breaker: Arc<Breaker>,
+        log: Arc<ErrorLog>,
+        response: Option<usize>,
+        output: Output,
+    ) -> Sink {
         let seed = unix_ns(SystemTime::now()) ^ (u64::from(std::process::id()) << 32) ^ id_bits(id);
-        Sink { id, breaker, log, response, output, seed, seq: AtomicU64::new(0), failing: AtomicBool::new(false) }
+        Sink {
+            id,
+            breaker,
+            log,
+            response,
+            output,
+            seed,
+            seq: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
+        }
     }
 
     fn refused(&self, why: Refusal, opts: CopyOptions, now_ms: &impl Fn() -> u64) -> Outcome {
@@ -178,7 +186,12 @@ async fn whole_body(body: Option<BodyRx>, deadline: Instant) -> Result<Bytes, Ou
 
 impl Recording {
     /// Records one departed copy; its outcome.
-    pub async fn deliver(self, out: Outgoing<'_>, backlog: &Arc<Backlog>, now_ms: impl Fn() -> u64) -> Outcome {
+    pub async fn deliver(
+        self,
+        out: Outgoing<'_>,
+        backlog: &Arc<Backlog>,
+        now_ms: impl Fn() -> u64,
+    ) -> Outcome {
         let Recording { sink, settings, key, answer, at } = self;
         let opts = out.opts;
         let deadline = Instant::now() + opts.timeout;
@@ -218,8 +231,15 @@ impl Recording {
         };
         let resp_ns = unix_ns(raw.at);
         let body = &raw.body[..raw.body.len().min(limit)];
-        let record =
-            response_record(&id, resp_ns, resp_ns.saturating_sub(at_ns), raw.status, &raw.headers, body, &redaction);
+        let record = response_record(
+            &id,
+            resp_ns,
+            resp_ns.saturating_sub(at_ns),
+            raw.status,
+            &raw.headers,
+            body,
+            &redaction,
+        );
         drop(primary);
         let Some(record) = record else {
             sink.kept();
