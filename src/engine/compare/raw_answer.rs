@@ -8,11 +8,14 @@ use bytes::{Bytes, BytesMut};
 
 use crate::engine::capture::Charge;
 
+/// Header names and values, in the order the content handler set them.
+pub type Headers = Vec<(Bytes, Bytes)>;
+
 /// The client's answer as a capture records it.
 #[derive(Debug)]
 pub struct RawAnswer {
     pub status: u16,
-    pub headers: Vec<(Bytes, Bytes)>,
+    pub headers: Headers,
     /// At most the limit's bytes of the body, charged to the worker's budget.
     pub body: Bytes,
     /// When the header went out.
@@ -25,7 +28,8 @@ pub struct RawAnswer {
 /// its `Content-Length` then says more.
 #[derive(Debug)]
 pub struct RawCapture {
-    head: Option<(u16, Vec<(Bytes, Bytes)>, SystemTime)>,
+    /// Status, headers, and when they went out.
+    head: Option<(u16, Headers, SystemTime)>,
     body: BytesMut,
     max: usize,
     charge: Charge,
@@ -36,7 +40,7 @@ impl RawCapture {
         RawCapture { head: None, body: BytesMut::new(), max, charge }
     }
 
-    pub fn head(&mut self, status: u16, headers: Vec<(Bytes, Bytes)>) {
+    pub fn head(&mut self, status: u16, headers: Headers) {
         self.head = Some((status, headers, SystemTime::now()));
     }
 

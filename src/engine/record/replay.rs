@@ -164,7 +164,7 @@ fn summary(a: &ReplayArgs, engine: &Engine, id: TargetId, t: &ReadCounts, took: 
                 fields.push((name, n));
             }
         }
-        fields.sort_by(|x, y| y.1.cmp(&x.1));
+        fields.sort_by_key(|f| std::cmp::Reverse(f.1));
         let shown: Vec<String> = fields.iter().take(20).map(|(f, n)| format!("{f}={n}")).collect();
         out.push_str(&format!("differing fields: {}\n", shown.join(" ")));
     }

@@ -152,6 +152,7 @@ pub fn start_sink(
 
 impl Sink {
     /// Starts what runs beside the copies (a file's writer thread); on a runtime thread.
+    #[cfg_attr(not(feature = "kafka"), allow(irrefutable_let_patterns))]
     pub fn start(&self) {
         if let Output::File(w) = &self.output {
             if let Err(e) = w.start() {
@@ -161,6 +162,7 @@ impl Sink {
     }
 
     /// A file target's file, newly opened by nginx (at start, on `nginx -s reopen`).
+    #[cfg_attr(not(feature = "kafka"), allow(irrefutable_let_patterns))]
     pub fn hand(&self, file: std::fs::File) {
         if let Output::File(w) = &self.output {
             w.hand(file);
@@ -210,7 +212,7 @@ impl Recording {
         let key = key.unwrap_or_else(|| Bytes::from(id.clone().into_bytes()));
         let mut charge = Charge::new(backlog);
         if !charge.grow(request.len()) {
-            return Outcome::Dropped(DropReason::QueueFull);
+            return sink.refused(Refusal::Full, opts, &now_ms);
         }
         if let Err(why) = sink.output.keep(request, &key, deadline).await {
             return sink.refused(why, opts, &now_ms);
@@ -247,7 +249,7 @@ impl Recording {
         };
         let mut charge = Charge::new(backlog);
         if !charge.grow(record.len()) {
-            return Outcome::Dropped(DropReason::QueueFull);
+            return sink.refused(Refusal::Full, opts, &now_ms);
         }
         match sink.output.keep(record, &key, deadline).await {
             Ok(()) => {
