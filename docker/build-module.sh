@@ -18,8 +18,9 @@ VENDORED=$(sed -n '/^name = "nginx-src"/{n;s/^version = ".*+\(.*\)"/\1/p;}' Carg
 if [ "$NGINX_VERSION" != "${VENDORED:-1.28.3}" ]; then
     export NGX_VERSION="$NGINX_VERSION"
 fi
-# The default configure of nginx-src includes --with-compat.
-cargo build --release --locked ${CARGO_FLAGS:-}
+# The default configure of nginx-src includes --with-compat. With Kafka (librdkafka-dev).
+cargo build --release --locked --features "${FEATURES:-kafka}" ${CARGO_FLAGS:-}
 mkdir -p "$OUT"
 cp target/release/libngx_http_async_mirror_module.so "$OUT/ngx_http_async_mirror_module.so"
-echo "built $OUT/ngx_http_async_mirror_module.so for nginx $NGINX_VERSION"
+cp target/release/async-mirror-replay "$OUT/async-mirror-replay"
+echo "built $OUT/ngx_http_async_mirror_module.so and async-mirror-replay for nginx $NGINX_VERSION"

@@ -123,4 +123,5 @@ done
 curl -s "http://127.0.0.1:$FRONT/mirror-status" | grep -E '^nginx_async_mirror_copies_total.*outcome="ok"'
 [ "${got:-0}" -ge 20 ] || { echo "FAILED: the sink got ${got:-0} of 20 copies"; $DOCKER logs "$CID" | tail; exit 1; }
 $DOCKER exec "$CID" nginx -V 2>&1 | sed -n 1p
+$DOCKER exec "$CID" async-mirror-replay --help | sed -n 1p
 echo "1 passed, 0 failed"
