@@ -214,14 +214,16 @@ fn dechunk(mut raw: &[u8]) -> Option<Bytes> {
 pub struct PayloadReader<R> {
     r: R,
     buf: Vec<u8>,
-    /// Where the separator search starts (everything before has none).
+    /// Where the next record starts in `buf`.
+    start: usize,
+    /// Where the separator search goes on (everything before has none).
     scanned: usize,
     eof: bool,
 }
 
 impl<R: Read> PayloadReader<R> {
     pub fn new(r: R) -> Self {
-        PayloadReader { r, buf: Vec::new(), scanned: 0, eof: false }
+        PayloadReader { r, buf: Vec::new(), start: 0, scanned: 0, eof: false }
     }
 
     /// The next record's bytes (without the separator), or `None` at the end.
@@ -232,17 +234,21 @@ impl<R: Read> PayloadReader<R> {
         loop {
             if let Some(i) = find(&self.buf[self.scanned..], SEPARATOR) {
                 let end = self.scanned + i;
-                let rest = self.buf.split_off(end + SEPARATOR.len());
-                let mut payload = std::mem::replace(&mut self.buf, rest);
-                payload.truncate(end);
-                self.scanned = 0;
+                let payload = self.buf[self.start..end].to_vec();
+                self.start = end + SEPARATOR.len();
+                self.scanned = self.start;
                 return Ok(Some(payload));
             }
             if self.eof {
-                let last = std::mem::take(&mut self.buf);
+                let last = self.buf.split_off(self.start);
+                (self.start, self.scanned) = (0, 0);
+                self.buf.clear();
                 return Ok((!last.iter().all(u8::is_ascii_whitespace)).then_some(last));
             }
+            // Records already read leave the buffer before it grows.
+            self.buf.drain(..self.start);
             self.scanned = self.buf.len().saturating_sub(SEPARATOR.len() - 1);
+            self.start = 0;
             let mut chunk = [0u8; 64 << 10];
             match self.r.read(&mut chunk) {
                 Ok(0) => self.eof = true,

@@ -274,7 +274,9 @@ async fn drive(a: &ReplayArgs, engine: &Engine, id: TargetId) -> Result<ReadCoun
                 REQUEST => {
                     t.requests += 1;
                     t.span_ns = t.span_ns.max(pace(&mut clock, p.at_ns, a.speed_ppm).await);
-                    while engine.queued_jobs() >= QUEUE / 2 {
+                    // No more waiting than the connections take at once: a copy that waited
+                    // past its timeout would be dropped, never sent.
+                    while engine.queued_jobs() >= a.connections.min(QUEUE) {
                         tokio::time::sleep(Duration::from_millis(1)).await;
                     }
                     match send(engine, id, &p, opts, compare.as_ref()) {
