@@ -164,7 +164,7 @@ check: deps
 # The integration tests that exercise bodies, reloads and hostile input, with nginx (master
 # and workers) under valgrind's memcheck; any error with a frame in the module fails the test.
 VALGRIND_TESTS := body:: hostile:: observability::five_reloads mirror::reload compare::each_kind \
-	compare::a_client_that_leaves api::bad_requests copylog::if_filters
+	compare::a_client_that_leaves api::bad_requests copylog::if_filters capture::a_moved capture::a_full_disk
 test-valgrind: deps
 	@dpkg -s valgrind >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends valgrind; }
