@@ -11,7 +11,7 @@ mod engine;
 /// `async-mirror-replay`'s whole program (`src/bin` is a wrapper): replays capture records
 /// with the engine's client; returns the exit code.
 pub fn replay_main(args: Vec<String>) -> i32 {
-    engine::record::replay_main(args)
+    engine::replay::replay_main(args)
 }
 
 // The nginx glue references symbols that only the nginx binary provides, so

@@ -1,13 +1,14 @@
-//! Capture targets and their records: GoReplay's format, the file writer, the Kafka producer
-//! and consumer, the delivery of a copy as records, and the replayer that sends them again.
+//! Capture targets and their records: GoReplay's format (written and read back), the file
+//! writer, the Kafka producer (and the consumer the replayer reads with), and the delivery
+//! of a copy as records.
 
 mod file_writer;
 mod format;
 #[cfg(feature = "kafka")]
 mod kafka;
-mod replay;
-mod replay_args;
 mod sink;
 
-pub use replay::replay_main;
+pub use format::{Payload, PayloadReader, REQUEST, RESPONSE, parse_http, parse_payload};
+#[cfg(feature = "kafka")]
+pub use kafka::TopicReader;
 pub use sink::{RecordSettings, Recording, Sink, start_sink};

@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::format::{Payload, PayloadReader, REQUEST, RESPONSE, parse_http, parse_payload};
 use super::replay_args::{ReplayArgs, USAGE, parse_args};
 use crate::engine::capture::{HeaderEdits, RequestHead};
 use crate::engine::client::{
@@ -17,6 +16,7 @@ use crate::engine::compare::{CompareSettings, PrimaryCapture, RequestComparison,
 use crate::engine::config::{PPM, SinkKind, parse_mirror_line};
 use crate::engine::ids::{Table, TargetId};
 use crate::engine::outcome::{Outcome, slot};
+use crate::engine::record::{Payload, PayloadReader, REQUEST, RESPONSE, parse_http, parse_payload};
 use crate::engine::{Engine, EngineSettings};
 
 /// Copies waiting at most (the replayer waits for room rather than drop).
@@ -179,7 +179,7 @@ fn summary(a: &ReplayArgs, engine: &Engine, id: TargetId, t: &ReadCounts, took: 
 enum Source {
     File(PayloadReader<std::io::BufReader<std::fs::File>>),
     #[cfg(feature = "kafka")]
-    Topic(super::kafka::TopicReader, Duration),
+    Topic(crate::engine::record::TopicReader, Duration),
 }
 
 impl Source {
@@ -193,7 +193,10 @@ impl Source {
             return Err(format!("invalid source \"{}\"", a.from));
         };
         #[cfg(feature = "kafka")]
-        return Ok(Source::Topic(super::kafka::TopicReader::new(&brokers, &topic, &a.group)?, a.idle));
+        return Ok(Source::Topic(
+            crate::engine::record::TopicReader::new(&brokers, &topic, &a.group)?,
+            a.idle,
+        ));
         #[cfg(not(feature = "kafka"))]
         {
             let _ = (brokers, topic);
