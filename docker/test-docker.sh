@@ -188,4 +188,5 @@ curl -s "http://127.0.0.1:$FRONT/mirror-status" | grep -E '^nginx_async_mirror_c
 version=$($DOCKER exec "$CID" nginx -v 2>&1)
 echo "$version"
 [ "$version" = "nginx version: nginx/$NGINX_VERSION" ] || { echo "FAILED: the image runs '$version', not nginx $NGINX_VERSION"; exit 1; }
+$DOCKER exec "$CID" async-mirror-replay --help | sed -n 1p
 echo "1 passed, 0 failed"

@@ -4,8 +4,15 @@
 //! `engine` is plain Rust; `ngx` is the only place that touches nginx.
 #![deny(unsafe_op_in_unsafe_fn)]
 
-// Private: the module's only interface is nginx's, so the compiler reports what nothing uses.
+// Private: the module's only interfaces are nginx's and the replayer's entry point, so the
+// compiler reports what nothing uses.
 mod engine;
+
+/// `async-mirror-replay`'s whole program (`src/bin` is a wrapper): replays capture records
+/// with the engine's client; returns the exit code.
+pub fn replay_main(args: Vec<String>) -> i32 {
+    engine::replay::replay_main(args)
+}
 
 // The nginx glue references symbols that only the nginx binary provides, so
 // unit-test builds of this crate leave it out.

@@ -47,6 +47,8 @@ fn valid_configuration_passes() {
              async_mirror_set_header X-Shadow $host; async_mirror_if $arg_x;
              async_mirror_mark_header X-Copy; }
            location /off { async_mirror off; async_mirror_mark_header off; async_mirror_scrub_header off; }
+           location /capture { async_mirror file:logs/c.gor sample=50% key=$arg_u rate=10/s rotate=1m response=1k;
+             async_mirror http://127.0.0.1:8; }
            location /vars { async_mirror http://$arg_h:7/v$uri hosts=a.internal:7,b.internal:7;
              async_mirror_scrub_header Authorization Cookie X-Api-Key; }
            location /cmp { async_mirror http://127.0.0.1:5; async_mirror http://127.0.0.1:6 baseline;

@@ -7,6 +7,7 @@ mod common;
 mod api;
 mod body;
 mod capacity;
+mod capture;
 mod compare;
 mod conf_errors;
 mod copylog;

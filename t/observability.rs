@@ -29,7 +29,7 @@ fn zone_of_another_layout_is_reinitialised() {
         assert_eq!(get_once(ng.port, &format!("/l{i}")).unwrap().status, 200);
     }
     assert!(settles_at(20), "{:?}", scrape(ng.port));
-    std::fs::write(ng.prefix.join("zone-layout"), "7").unwrap();
+    std::fs::write(ng.prefix.join("zone-layout"), "99").unwrap();
     let old = ng.workers();
     ng.reload();
     assert!(ng.error_log().contains("holds counters of another layout"), "{}", ng.error_log());

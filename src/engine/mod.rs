@@ -6,8 +6,8 @@
 //! exactly one counted outcome. Rooms, each behind the small face its `mod.rs` exports:
 //! `config` (what the configuration says), `capture` (the request as captured), `copy`
 //! (a copy's life), `client` (sending to mirrors), `compare` (comparing answers),
-//! `outcome` (how copies end and are counted), `report` (status formats and logs),
-//! `zone` (the shared-memory table).
+//! `outcome` (how copies end and are counted), `record` (capture targets' records), `replay`
+//! (the replayer), `report` (status formats and logs), `zone` (the shared-memory table).
 #![forbid(unsafe_code)]
 // Test builds leave the nginx layer out, so what only it uses looks unused there.
 #![cfg_attr(test, allow(dead_code, unused_imports))]
@@ -21,6 +21,8 @@ pub mod copy;
 pub mod error_log;
 pub mod ids;
 pub mod outcome;
+pub mod record;
+pub mod replay;
 pub mod report;
 mod runtime;
 mod token_bucket;

@@ -11,11 +11,12 @@ use tokio::runtime::Runtime;
 use crate::engine::capture::Backlog;
 use crate::engine::client::{ClientSettings, Target};
 use crate::engine::compare::{EndpointCounts, MismatchLog};
-use crate::engine::config::TargetSpec;
+use crate::engine::config::{SinkSpec, TargetSpec};
 use crate::engine::copy::{Lanes, Logs};
 use crate::engine::error_log::ErrorLog;
 use crate::engine::ids::{Table, TargetId};
 use crate::engine::outcome::{Gauges, TargetStats};
+use crate::engine::record::{Sink, start_sink};
 use crate::engine::report::CopyLog;
 
 /// Worker-wide settings from the http-level directives.
@@ -27,6 +28,8 @@ pub struct EngineSettings {
     pub client: ClientSettings,
     /// Lines per second of each `async_mirror_compare_log`.
     pub compare_logs: Vec<u32>,
+    /// Capture targets by URL: what they record and where.
+    pub sinks: Vec<(String, SinkSpec)>,
 }
 
 pub struct Engine {
@@ -71,6 +74,16 @@ impl Engine {
                 // A changed set: idle connections to addresses that left are closed now.
                 runtime.spawn(r.run(id, error_log.clone(), move || t.sweep()));
             }
+            let sink = settings.sinks.iter().find(|(url, _)| *url == spec.url).map(|(_, sink)| {
+                start_sink(id, sink, target.breaker.clone(), error_log.clone(), (jobs, bytes))
+                    .map_err(|e| io::Error::other(format!("\"{}\": {e}", spec.url)))
+            });
+            let sink = sink.transpose()?.map(Arc::new);
+            if let Some(s) = sink.clone() {
+                // On a runtime thread: a file's writer inherits its blocked signals.
+                runtime.spawn(async move { s.start() });
+            }
+            lanes.sinks.push(sink);
             runtime.spawn(lanes.add(target, Backlog::new(jobs, bytes)));
         }
         Ok(Engine { runtime: Some(runtime), lanes, error_log })
@@ -91,6 +104,18 @@ impl Engine {
             breaker_open: i64::from(t.breaker.is_open()),
             connections: t.connections() as i64,
         })
+    }
+
+    /// The capture target at `url`, if it records to a file: nginx opened the file again.
+    pub fn hand_file(&self, url: &str, file: std::fs::File) {
+        let sink = self.lanes.targets().find(|(_, t)| t.spec.url == url).and_then(|(id, _)| self.sink(id));
+        if let Some(s) = sink {
+            s.hand(file);
+        }
+    }
+
+    fn sink(&self, id: TargetId) -> Option<&Arc<Sink>> {
+        self.lanes.sinks.get(id).and_then(Option::as_ref)
     }
 
     pub fn error_log(&self) -> &ErrorLog {
@@ -170,6 +195,7 @@ mod tests {
                 hosts_file: None,
             },
             compare_logs: Vec::new(),
+            sinks: Vec::new(),
         }
     }
 

@@ -16,9 +16,10 @@ use crate::engine::client::{
     ALPN_H2, ALPN_HTTP1, BreakerSettings, ClientSettings, CopyOptions, TlsSettings, client_config,
 };
 use crate::engine::compare::CompareSettings;
-use crate::engine::config::{PathKind, TargetSpec, defaults};
+use crate::engine::config::{PathKind, SinkSpec, TargetSpec, defaults};
 use crate::engine::copy::{Location, Route};
 use crate::engine::ids::{RateId, SpecId, Table, TargetId};
+use crate::engine::record::RecordSettings;
 
 /// The module as the glue needs to know it: whose configuration structs are these.
 /// Handlers and setters are generic over it, so only the registration names the module.
@@ -70,6 +71,8 @@ pub struct MainConf {
     pub samples: Vec<(String, u32)>,
     /// `async_mirror_log` files, opened (and reopened) by nginx.
     pub copy_logs: Vec<NonNull<ngx_open_file_t>>,
+    /// Capture targets (`file:`, `kafka://`) by URL.
+    pub sinks: Vec<SinkEntry>,
 }
 
 impl MainConf {
@@ -101,6 +104,9 @@ impl MainConf {
         (http2, pipeline): (bool, Option<usize>),
     ) -> Result<TargetId, String> {
         let base = &self.specs[spec];
+        // One capture target per URL, whatever the protocol its locations speak.
+        let sink = self.sinks.iter().any(|s| s.url == base.url);
+        let (http2, pipeline) = (http2 && !sink, pipeline.filter(|_| !sink));
         let key = (base.url.clone(), base.https.then(|| tls.clone()), (http2, pipeline));
         if let Some(id) = self.target_keys.position(|k| *k == key) {
             return Ok(id);
@@ -137,6 +143,7 @@ impl MainConf {
                 hosts_file: None,
             },
             compare_logs: self.compare_logs.iter().map(|l| l.rate).collect(),
+            sinks: self.sinks.iter().map(|s| (s.url.clone(), s.spec.clone())).collect(),
         }
     }
 
@@ -215,6 +222,17 @@ pub struct LocConf {
     /// The location serves `async_mirror_status` or `async_mirror_api`: operator
     /// traffic, never copied (it is not inherited).
     pub operator: bool,
+    /// Built when the location is resolved, if it has capture targets.
+    pub record: Option<Arc<RecordSettings>>,
+}
+
+/// One capture target, by the URL its lines name it with.
+#[derive(Debug)]
+pub struct SinkEntry {
+    pub url: String,
+    pub spec: SinkSpec,
+    /// A file target's file as nginx opened it (and reopens it on `nginx -s reopen`).
+    pub file: Option<NonNull<ngx_open_file_t>>,
 }
 
 /// One `async_mirror_log FILE [if=VALUE]` line.
@@ -300,29 +318,13 @@ impl LocConf {
             body_buffer_size: self.body_buffer_size.unwrap_or(defaults::BODY_BUFFER_SIZE),
             held: self.primary_status.as_deref(),
             compare: self.compare_settings.as_ref(),
+            record: self.record.as_ref(),
             log,
         }
     }
 
     pub fn mark_header(&self) -> Option<&str> {
         self.mark_header.as_ref().map_or(Some(defaults::MARK_HEADER), |m| m.as_deref())
-    }
-
-    /// The comparison settings of this level, once merged.
-    fn build_compare(&self) -> Option<Arc<CompareSettings>> {
-        if !self.compare.unwrap_or(defaults::COMPARE) {
-            return None;
-        }
-        let headers = match &self.compare_headers {
-            Some(h) => h.clone(),
-            None => defaults::COMPARE_HEADERS.iter().map(|h| h.to_string()).collect(),
-        };
-        Some(Arc::new(CompareSettings {
-            headers,
-            ignore: self.compare_ignore_json.clone().unwrap_or_default(),
-            max_body: self.compare_max_body.unwrap_or(defaults::COMPARE_MAX_BODY) as usize,
-            log: self.compare_log.flatten(),
-        }))
     }
 
     pub fn copy_options(&self) -> CopyOptions {
@@ -394,10 +396,6 @@ impl Merge for LocConf {
         }
         if self.scrub_headers.is_none() {
             self.scrub_headers = prev.scrub_headers.clone();
-        }
-        self.compare_settings = self.build_compare();
-        if (self.compare_settings.is_some() || self.primary_status.is_some()) && !self.mirrors().is_empty() {
-            RESPONSE_FILTERS.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(())
     }

@@ -9,7 +9,7 @@ use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
 
 use super::conf::{CompareLog, CopyLogRef, LocConf, MainConf, MirrorRef, SetHeader};
 use super::setter::{ConfError, complex_value, conf_path, directive, log_line, open_log, set_once};
-use super::{api_handler, shm, status_handler};
+use super::{answer_conf, api_handler, shm, status_handler};
 use crate::engine::client::{load_key, load_pem};
 use crate::engine::compare::parse_json_path;
 use crate::engine::config::{
@@ -28,6 +28,10 @@ directive!(cmd_async_mirror, LocConf, |cf, lc, args| {
         return Err(ConfError::Duplicate);
     }
     let line = parse_mirror_line(args)?;
+    let sink = match &line.sink {
+        Some(s) => Some(answer_conf::sink_entry(cf, line.url, s)?),
+        None => None,
+    };
     let url = if line.dynamic() { std::ptr::NonNull::new(complex_value(cf, line.url)?) } else { None };
     let spec = line.spec()?;
     let key = match line.key {
@@ -37,6 +41,9 @@ directive!(cmd_async_mirror, LocConf, |cf, lc, args| {
     let Some(mc) = M::main_conf_mut(&*cf) else {
         return Err(ConfError::Msg("no http main configuration".into()));
     };
+    if let Some(entry) = sink {
+        answer_conf::register(mc, entry)?;
+    }
     let spec = mc.add_spec(spec)?;
     let rate = line.rate.map(|r| mc.rates.push(r));
     let list = lc.mirrors.get_or_insert_with(Vec::new);

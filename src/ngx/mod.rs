@@ -4,6 +4,7 @@
 //! nginx thread except the bounded drain when a worker exits. `module.rs`
 //! registers everything; the files below it never name the module.
 
+mod answer_conf;
 mod api_handler;
 mod body_filter;
 mod conf;

@@ -20,7 +20,7 @@ use ngx::{ngx_conf_log_error, ngx_string};
 
 use super::conf::{LocConf, MainConf, Registered};
 use super::directives::*;
-use super::{body_filter, handler, process, response_filter, variable};
+use super::{answer_conf, body_filter, handler, process, response_filter, variable};
 
 pub struct Module;
 
@@ -100,11 +100,14 @@ unsafe extern "C" fn merge_loc_conf(
         // SAFETY: nginx passes the parent's and this level's confs, both of our type.
         let (prev, conf) = unsafe { (&*prev.cast::<LocConf>(), &mut *conf.cast::<LocConf>()) };
         let _ = conf.merge(prev);
+        answer_conf::merged(conf);
         // SAFETY: nginx passes a valid cf during configuration.
         let Some(mc) = Module::main_conf_mut(unsafe { &*cf }) else {
-            return Err("no main configuration".into());
+            return Err(String::from("no main configuration"));
         };
-        conf.resolve_targets(mc)
+        conf.resolve_targets(mc)?;
+        answer_conf::resolved(conf, mc);
+        Ok(())
     });
     match result {
         Ok(Ok(())) => NGX_CONF_OK,
@@ -206,7 +209,8 @@ pub static mut COMMANDS: [ngx_command_t; 35] = [
 #[cfg(feature = "export-modules")]
 ngx::ngx_modules!(ngx_http_async_mirror_module);
 
-#[used]
+// Not #[used]: what references it (nginx's module table, or `ngx_modules` in a loadable
+// module) keeps it, and the replayer's binary, which links this crate too, must not.
 #[allow(non_upper_case_globals)]
 #[cfg_attr(not(feature = "export-modules"), unsafe(no_mangle))]
 pub static mut ngx_http_async_mirror_module: ngx_module_t = ngx_module_t {

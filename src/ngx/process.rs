@@ -35,6 +35,8 @@ pub struct Worker {
     compare_logs: Vec<(NonNull<ngx_open_file_t>, LineFile)>,
     /// `async_mirror_log` files.
     copy_logs: Vec<(NonNull<ngx_open_file_t>, LineFile)>,
+    /// Capture targets' files, by URL, with the descriptor last handed to their writers.
+    capture_files: Vec<(NonNull<ngx_open_file_t>, String, i32)>,
     drain_timeout: Duration,
     ticks: u32,
 }
@@ -156,9 +158,15 @@ pub unsafe extern "C" fn init_process<M: Registered>(cycle: *mut ngx_cycle_t) ->
                     zone,
                     compare_logs: mc.compare_logs.iter().map(|l| (l.file, LineFile::default())).collect(),
                     copy_logs: mc.copy_logs.iter().map(|f| (*f, LineFile::default())).collect(),
+                    capture_files: mc
+                        .sinks
+                        .iter()
+                        .filter_map(|s| Some((s.file?, s.url.clone(), -1)))
+                        .collect(),
                     drain_timeout: mc.drain_timeout(),
                     ticks: 0,
                 }));
+                with_worker(hand_files);
                 start_report_timer();
             }
             // Production traffic goes on unmirrored rather than losing the worker.
@@ -219,6 +227,7 @@ fn start_report_timer() {
 unsafe extern "C" fn report_timer_handler(ev: *mut ngx_event_t) {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         with_worker(|w| {
+            hand_files(w);
             write_logs(&w.engine, &mut w.compare_logs, &mut w.copy_logs);
             if let Some(zone) = w.zone.as_mut() {
                 zone.fold(&w.engine, false);
@@ -235,6 +244,28 @@ unsafe extern "C" fn report_timer_handler(ev: *mut ngx_event_t) {
     }
     // SAFETY: ev is our static timer event, called on the nginx thread.
     unsafe { ngx_add_timer(ev, TICK_MS as _) };
+}
+
+/// Hands capture targets' writers their files as nginx opened them: at start, and after
+/// `nginx -s reopen` gave a file a new descriptor. The writer gets its own duplicate, so
+/// nginx closing the old one never cuts a write short.
+fn hand_files(w: &mut Worker) {
+    for (file, url, last) in &mut w.capture_files {
+        // SAFETY: the open file belongs to the cycle; nginx changes its fd only on this thread.
+        let fd = unsafe { file.as_ref().fd };
+        if fd < 0 || fd == *last {
+            continue;
+        }
+        // SAFETY: duplicating a descriptor nginx holds open.
+        let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if copy < 0 {
+            continue;
+        }
+        *last = fd;
+        // SAFETY: `copy` is a fresh descriptor owned by nobody else.
+        let owned = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(copy) };
+        w.engine.hand_file(url, owned);
+    }
 }
 
 /// Error reports from the runtime, at most one line per target per interval.

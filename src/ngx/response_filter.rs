@@ -14,6 +14,8 @@ use ngx::ffi::{
     ngx_http_request_t, ngx_int_t,
 };
 
+use bytes::Bytes;
+
 use super::conf::RESPONSE_FILTERS;
 use super::ctx::RequestCtx;
 use super::log;
@@ -90,6 +92,23 @@ fn on_header(r: &ngx_http_request_t, ctx: &mut RequestCtx) {
         };
         let headers = p.settings().headers.iter().map(|h| find(h)).collect();
         p.head(status, headers, find("content-type"), find("content-encoding"));
+        if p.wants_raw() {
+            // Every header as the content handler set it (nginx adds Date, Server and the
+            // framing after this filter).
+            let mut all = Vec::new();
+            for name in ["Content-Type", "Content-Length"] {
+                if let Some(v) = find(&name.to_ascii_lowercase()) {
+                    all.push((Bytes::from_static(name.as_bytes()), Bytes::from(v)));
+                }
+            }
+            let framing = |n: &[u8]| {
+                n.eq_ignore_ascii_case(b"content-type") || n.eq_ignore_ascii_case(b"content-length")
+            };
+            for (n, v) in HeaderIter::new(&out.headers).filter(|(n, _)| !framing(n)) {
+                all.push((Bytes::copy_from_slice(n), Bytes::copy_from_slice(v)));
+            }
+            p.raw_head(status, all);
+        }
     }
     if ctx.copies.holds() {
         with_worker(|w| {

@@ -8,4 +8,4 @@ mod head;
 
 pub use backlog::{Backlog, Charge, Reservation};
 pub use body::{BodyAbort, BodyRx, BodyTx, CopyBody, channel as body_channel, empty as empty_body};
-pub use head::{CaptureError, HeaderEdits, RequestHead};
+pub use head::{CaptureError, HeaderEdits, RequestHead, SCRUBBED};

@@ -22,6 +22,9 @@ pub struct CompareSettings {
     pub max_body: usize,
     /// `async_mirror_compare_log`: which log, if any.
     pub log: Option<usize>,
+    /// Captures record the whole answer with up to this many body bytes (apart from
+    /// `max_body`, which is what comparisons keep).
+    pub record: Option<usize>,
 }
 
 /// A body as far as it could be seen.
@@ -181,6 +184,7 @@ mod tests {
             ignore: vec!["$.timestamp".into(), "$.items[*].id".into()],
             max_body: 1024,
             log: None,
+            record: None,
         }
     }
 

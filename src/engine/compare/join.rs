@@ -15,6 +15,7 @@ use super::fields::{Answer, Body, CompareSettings, Compared, compare};
 use super::json_diff::VALUE_MAX;
 use super::latch::{Latch, Setter, latch};
 use super::mismatch_log::{Mismatch, MismatchLog, iso8601};
+use super::raw_answer::{RawAnswer, RawCapture};
 use super::verdict::{Tally, Uncompared, Verdict, VerdictStats};
 use crate::engine::capture::Charge;
 use crate::engine::client::MirrorResponse;
@@ -25,6 +26,8 @@ pub struct Primary {
     pub answer: Answer,
     /// Holds the answer's bytes charged to the budget until the last copy is compared.
     pub _charge: Option<Charge>,
+    /// The whole answer, for captures' response records.
+    pub raw: Option<RawAnswer>,
 }
 
 /// What a baseline copy publishes: its answer, or `None` when it did not answer.
@@ -51,10 +54,13 @@ pub struct PrimaryCapture {
     body: bytes::BytesMut,
     skipped: Option<Body>,
     charge: Charge,
+    /// The whole answer, when captures record it (`CompareSettings::record`).
+    raw: Option<RawCapture>,
 }
 
 impl PrimaryCapture {
     pub fn new(tx: PrimaryTx, settings: Arc<CompareSettings>, charge: Charge) -> PrimaryCapture {
+        let raw = settings.record.map(|max| RawCapture::new(max, Charge::new(&charge.backlog())));
         PrimaryCapture {
             tx: Some(tx),
             settings,
@@ -62,6 +68,20 @@ impl PrimaryCapture {
             body: bytes::BytesMut::new(),
             skipped: None,
             charge,
+            raw,
+        }
+    }
+
+    /// Whether captures want the whole answer: its status and every header, for
+    /// [`PrimaryCapture::raw_head`].
+    pub fn wants_raw(&self) -> bool {
+        self.raw.is_some()
+    }
+
+    /// The status and every header of the answer, for captures.
+    pub fn raw_head(&mut self, status: u16, headers: Vec<(bytes::Bytes, bytes::Bytes)>) {
+        if let Some(raw) = self.raw.as_mut() {
+            raw.head(status, headers);
         }
     }
 
@@ -88,6 +108,9 @@ impl PrimaryCapture {
 
     /// In-memory body bytes; past the limit (or the worker's byte budget) the body is not compared.
     pub fn data(&mut self, chunk: &[u8]) {
+        if let Some(raw) = self.raw.as_mut() {
+            raw.data(chunk);
+        }
         if !self.collecting() {
             return;
         }
@@ -111,6 +134,9 @@ impl PrimaryCapture {
 
     /// Body data in a file buffer, which the nginx thread never reads.
     pub fn file(&mut self) {
+        if let Some(raw) = self.raw.as_mut() {
+            raw.cut();
+        }
         if self.collecting() {
             self.skipped = Some(Body::File);
             self.release();
@@ -126,12 +152,14 @@ impl PrimaryCapture {
         };
         let charge = Charge::new(&self.charge.backlog());
         let charge = Some(std::mem::replace(&mut self.charge, charge));
-        tx.send(Primary { answer, _charge: charge });
+        let raw = self.raw.take().and_then(RawCapture::finish);
+        tx.send(Primary { answer, _charge: charge, raw });
     }
 
     /// The response ended badly (the client went away): copies see it as incomplete.
     pub fn abort(&mut self) {
         self.tx = None;
+        self.raw = None;
         self.release();
     }
 }

@@ -8,6 +8,7 @@ mod json;
 mod json_diff;
 mod latch;
 mod mismatch_log;
+mod raw_answer;
 mod request_comparison;
 mod verdict;
 
@@ -15,7 +16,7 @@ pub use fields::CompareSettings;
 pub use join::{Comparison, PrimaryCapture, Sinks};
 pub use json_diff::parse_json_path;
 pub use mismatch_log::{LINE_RESULTS, Mismatch, MismatchLog, iso8601};
-pub use request_comparison::RequestComparison;
+pub use request_comparison::{PrimaryAnswer, RequestComparison};
 pub use verdict::{
     ENDPOINTS, EndpointCounts, FIELDS, NAME_MAX, OTHER, Side, Verdict, VerdictStats, merge_into,
 };

@@ -4,6 +4,7 @@
 //! each copy's part; it never handles latches itself.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::fields::CompareSettings;
 use super::join::{BaselineState, Comparison, Primary, PrimaryCapture, Role, primary_channel};
@@ -51,15 +52,7 @@ impl RequestComparison {
     /// The comparison part of one copy. The first one also returns the capture the
     /// response filters feed (charged to `backlog`): keep it with the request.
     pub fn part(&mut self, backlog: &Arc<Backlog>, baseline: bool) -> (Comparison, Option<PrimaryCapture>) {
-        let mut capture = None;
-        let primary = self
-            .primary
-            .get_or_insert_with(|| {
-                let (tx, rx) = primary_channel();
-                capture = Some(PrimaryCapture::new(tx, self.settings.clone(), Charge::new(backlog)));
-                rx
-            })
-            .clone();
+        let (primary, capture) = self.primary(backlog);
         let role = match self.baseline_tx.take_if(|_| baseline) {
             Some(tx) => Role::Baseline(tx),
             None => Role::Candidate(self.baseline_rx.clone()),
@@ -72,5 +65,35 @@ impl RequestComparison {
             role,
         };
         (part, capture)
+    }
+
+    /// A capture copy's wait for the client's answer; the first wait or part also returns
+    /// the capture the response filters feed.
+    pub fn answer(&mut self, backlog: &Arc<Backlog>) -> (PrimaryAnswer, Option<PrimaryCapture>) {
+        let (primary, capture) = self.primary(backlog);
+        (PrimaryAnswer(primary), capture)
+    }
+
+    fn primary(&mut self, backlog: &Arc<Backlog>) -> (Latch<Arc<Primary>>, Option<PrimaryCapture>) {
+        let mut capture = None;
+        let primary = self
+            .primary
+            .get_or_insert_with(|| {
+                let (tx, rx) = primary_channel();
+                capture = Some(PrimaryCapture::new(tx, self.settings.clone(), Charge::new(backlog)));
+                rx
+            })
+            .clone();
+        (primary, capture)
+    }
+}
+
+/// A capture copy's wait for the client's answer (set once on the nginx thread).
+pub struct PrimaryAnswer(Latch<Arc<Primary>>);
+
+impl PrimaryAnswer {
+    /// The answer, or `None` when the response ended badly or `deadline` passed first.
+    pub async fn get(&self, deadline: Instant) -> Option<Arc<Primary>> {
+        tokio::time::timeout_at(deadline.into(), self.0.get()).await.ok().flatten()
     }
 }

@@ -28,3 +28,6 @@ pub const COMPARE_HEADERS: &[&str] = &["content-type"];
 pub const COMPARE_MAX_BODY: u64 = 64 << 10;
 /// Mismatch log lines per second per worker.
 pub const COMPARE_LOG_RATE: u32 = 10;
+/// Headers whose values capture records hide unless `async_mirror_scrub_header` says otherwise.
+pub const CAPTURE_SCRUB: &[&str] =
+    &["authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"];

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use super::defaults;
-use super::spec::{TargetSpec, parse_target_with, parse_template, template_path_kind};
+use super::sink_line::{SinkSpec, is_sink_url, parse_sink};
+use super::spec::{TargetSpec, parse_target_with, parse_template, sink_target, template_path_kind};
 use super::url::PathKind;
 use super::values::{PPM, parse_percent, parse_rate, positive_time};
 
@@ -21,12 +22,14 @@ pub struct MirrorLine<'a> {
     pub baseline: bool,
     /// `hosts=`: where a URL with variables in its host or port may send copies.
     pub hosts: Option<Vec<&'a str>>,
+    /// A capture target (`file:`, `kafka://`): what it records, and where.
+    pub sink: Option<SinkSpec>,
 }
 
 impl MirrorLine<'_> {
     /// Whether the URL holds variables (evaluated for each request).
     pub fn dynamic(&self) -> bool {
-        self.url.contains('$')
+        self.sink.is_none() && self.url.contains('$')
     }
 
     /// Whether the evaluated URL's path is a prefix to `$request_uri` or the whole target.
@@ -39,6 +42,9 @@ impl MirrorLine<'_> {
     /// # Errors
     /// A message suitable after `async_mirror: `.
     pub fn spec(&self) -> Result<TargetSpec, String> {
+        if self.sink.is_some() {
+            return Ok(sink_target(self.url));
+        }
         match self.dynamic() {
             true => parse_template(self.url, self.hosts.as_deref()),
             false if self.hosts.is_some() => {
@@ -57,10 +63,16 @@ pub fn parse_mirror_line<'a>(args: &[&'a str]) -> Result<MirrorLine<'a>, String>
     let Some((&url, params)) = args.split_first() else { return Err("no URL".into()) };
     let (mut sample, mut key, mut rate, mut resolve, mut hosts) = (None, None, None, None, None);
     let mut baseline = false;
+    let sink = is_sink_url(url);
+    let mut sink_params = Vec::new();
     for &param in params {
         let (name, value) = param.split_once('=').unwrap_or((param, ""));
         let has_value = param.contains('=');
         match name {
+            "response" | "rotate" if sink => sink_params.push(param),
+            "resolve" | "baseline" | "hosts" if sink => {
+                return Err(format!("\"{name}\" is not for capture targets such as \"{url}\""));
+            }
             "resolve" if resolve.is_none() => {
                 resolve = Some(if has_value { positive_time(value)? } else { defaults::RESOLVE });
             }
@@ -90,7 +102,9 @@ pub fn parse_mirror_line<'a>(args: &[&'a str]) -> Result<MirrorLine<'a>, String>
     if key.is_some() && sample.is_none() {
         return Err("key= needs sample=".into());
     }
-    let line = MirrorLine { url, sample_ppm: sample.unwrap_or(PPM), key, rate, resolve, baseline, hosts };
+    let sink = if sink { Some(parse_sink(url, &sink_params)?) } else { None };
+    let line =
+        MirrorLine { url, sample_ppm: sample.unwrap_or(PPM), key, rate, resolve, baseline, hosts, sink };
     if line.dynamic() && resolve.is_some() {
         return Err(format!(
             "resolve with variables in \"{url}\" (such URLs are resolved for every connection)"
@@ -144,5 +158,11 @@ mod tests {
         assert!(
             parse_mirror_line(&["http://$h:9", "resolve"]).unwrap_err().starts_with("resolve with variables")
         );
+        let l = parse_mirror_line(&["file:logs/c.gor", "sample=5%", "key=$arg_u", "rotate=1m"]).unwrap();
+        assert!(l.sink.is_some() && !l.dynamic() && l.spec().unwrap().url == "file:logs/c.gor");
+        assert!(
+            parse_mirror_line(&["http://m:9", "response=off"]).unwrap_err().starts_with("unknown parameter")
+        );
+        assert!(parse_mirror_line(&["kafka://b:1/t", "baseline"]).unwrap_err().contains("not for capture"));
     }
 }

@@ -103,6 +103,20 @@ pub fn parse_target_with(written: &str, resolve: Option<std::time::Duration>) ->
     })
 }
 
+/// A capture target (`file:`, `kafka://`): named by its URL, sent nowhere over HTTP.
+pub fn sink_target(written: &str) -> TargetSpec {
+    TargetSpec {
+        url: written.to_string(),
+        https: false,
+        dest: None,
+        tls: None,
+        http2: false,
+        pipeline: None,
+        resolve: None,
+        allowed: Vec::new(),
+    }
+}
+
 fn too_long(url: &str) -> String {
     let start: String = url.chars().take(32).collect();
     format!("URL \"{start}...\" is longer than {} bytes", url::MAX_LEN)

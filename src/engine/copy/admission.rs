@@ -15,6 +15,7 @@ use crate::engine::compare::Comparison;
 use crate::engine::config::Dest;
 use crate::engine::ids::TargetId;
 use crate::engine::outcome::{DropReason, Outcome, Ticket};
+use crate::engine::record::Recording;
 
 /// Bytes a copy is charged for what it holds besides its captured head while queued or in
 /// flight (its task, the protocol's request and stream state: a few KiB measured), so
@@ -105,6 +106,7 @@ impl Admission {
             body,
             opts,
             compare: None,
+            record: None,
             log: None,
             queued_at: std::time::Instant::now(),
             ticket,
@@ -131,6 +133,8 @@ pub struct MirrorCopy {
     pub opts: CopyOptions,
     /// Set when the location compares responses.
     pub compare: Option<Comparison>,
+    /// Set when the target is a capture target: the copy is kept as records.
+    pub record: Option<Recording>,
     /// `async_mirror_log`: which file gets this copy's line.
     pub log: Option<usize>,
     /// When it entered its target's backlog (set when it is handed to the lane).

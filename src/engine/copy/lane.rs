@@ -15,6 +15,7 @@ use crate::engine::client::{Clock, CopyOptions, Target};
 use crate::engine::compare::{EndpointCounts, VerdictStats};
 use crate::engine::ids::{Table, TargetId};
 use crate::engine::outcome::{DropReason, Outcome, Ticket};
+use crate::engine::record::Sink;
 
 /// A target, its share of the backlog and the channel to its lane.
 struct Lane {
@@ -38,11 +39,13 @@ pub struct Lanes {
     lanes: Table<TargetId, Lane>,
     pub clock: Clock,
     pub logs: Logs,
+    /// Capture targets' sinks (`None` for HTTP mirrors), pushed in the targets' order.
+    pub sinks: Table<TargetId, Option<Arc<Sink>>>,
 }
 
 impl Lanes {
     pub fn new(logs: Logs) -> Lanes {
-        Lanes { lanes: Table::default(), clock: Clock::start(), logs }
+        Lanes { lanes: Table::default(), clock: Clock::start(), logs, sinks: Table::default() }
     }
 
     /// Adds a target's lane with its share of the backlog; its loop is what the caller

@@ -51,6 +51,7 @@ pub async fn fly(mut copy: MirrorCopy, lane: Flight, clock: Clock, logs: Logs) {
     let started = Instant::now();
     let keep = keep_for(&copy, &lane);
     let body_state = copy.body.as_ref().map(|b| b.state.clone());
+    let record = copy.record.take();
     let out = Outgoing {
         head: &copy.head,
         dest: copy.dest.as_ref(),
@@ -59,7 +60,11 @@ pub async fn fly(mut copy: MirrorCopy, lane: Flight, clock: Clock, logs: Logs) {
         probe: copy.is_probe(),
         keep,
     };
-    let (outcome, resp) = lane.target.deliver(out, move || clock.now_ms()).await;
+    // A capture target keeps the copy as records instead of sending it.
+    let (outcome, resp) = match record {
+        Some(record) => (record.deliver(out, &lane.backlog, move || clock.now_ms()).await, None),
+        None => lane.target.deliver(out, move || clock.now_ms()).await,
+    };
     let body_bytes = body_state.as_ref().map_or(0, |s| s.sent());
     if let Some(join) = landed(copy, outcome, resp, started, body_bytes, lane, logs) {
         join.await;

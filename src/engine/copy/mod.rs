@@ -7,6 +7,7 @@ mod departure;
 mod inbox;
 mod lane;
 mod life;
+mod recorded;
 mod request;
 mod select;
 

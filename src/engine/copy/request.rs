@@ -11,6 +11,7 @@ use bytes::Bytes;
 
 use super::admission::MirrorCopy;
 use super::lane::Lanes;
+use super::recorded::recording;
 use super::select::{Selection, key_bucket};
 use crate::engine::capture::{BodyAbort, BodyTx, CaptureError, RequestHead};
 use crate::engine::client::CopyOptions;
@@ -18,6 +19,7 @@ use crate::engine::compare::{CompareSettings, PrimaryCapture, RequestComparison}
 use crate::engine::config::{Dest, PathKind, TargetSpec, parse_dest};
 use crate::engine::ids::{RateId, TargetId};
 use crate::engine::outcome::{DropReason, FailReason, Fate, Outcome};
+use crate::engine::record::RecordSettings;
 use crate::engine::report::Record;
 
 /// One `async_mirror` line as a location uses it.
@@ -49,6 +51,8 @@ pub struct Location<'a> {
     pub compare: Option<&'a Arc<CompareSettings>>,
     /// `async_mirror_log`, when its `if=` holds for this request.
     pub log: Option<usize>,
+    /// Set when the location has capture targets.
+    pub record: Option<&'a Arc<RecordSettings>>,
 }
 
 /// What the nginx layer read off the request before any copy.
@@ -207,7 +211,21 @@ impl RequestCopies {
             Err(outcome) => return refused(outcome),
         };
         copy.log = d.loc.log;
-        if let Some(settings) = d.loc.compare {
+        if let Some(sink) = lanes.sinks.get(route.target).and_then(Option::as_ref) {
+            let comparison = &mut d.comparison;
+            let (view, target) = (d.view, route.target);
+            let start =
+                |s: &Arc<_>| RequestComparison::new(s, view.endpoint(), has_baseline, view.conditional());
+            let key = route.keyed.then(|| Bytes::copy_from_slice(d.view.key(line)));
+            let Some(r) = recording(sink, d.loc.record, lanes.backlog(target), comparison, start, key) else {
+                copy.finish(Outcome::Skipped);
+                return refused(Outcome::Skipped);
+            };
+            if r.1.is_some() {
+                self.primary = r.1;
+            }
+            copy.record = Some(r.0);
+        } else if let Some(settings) = d.loc.compare {
             let comparison = d.comparison.get_or_insert_with(|| {
                 RequestComparison::new(settings, d.view.endpoint(), has_baseline, d.view.conditional())
             });

@@ -15,6 +15,9 @@ pub enum FailReason {
     /// The copy's time ran out while the client's body was still arriving: the client's
     /// slowness, not the mirror's (the breaker does not hear of it).
     BodySlow,
+    /// A capture target could not keep the record: the file's write failed (a full disk, a
+    /// read-only file) or the Kafka broker refused the message.
+    Write,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +33,7 @@ pub enum DropReason {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// The mirror answered 2xx or 3xx.
+    /// The mirror answered 2xx or 3xx; for a capture target, its records were kept.
     Ok,
     Status4xx,
     Status5xx,
@@ -42,7 +45,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, in counter-slot order.
-    pub const ALL: [Outcome; 14] = [
+    pub const ALL: [Outcome; 15] = [
         Outcome::Ok,
         Outcome::Status4xx,
         Outcome::Status5xx,
@@ -51,6 +54,7 @@ impl Outcome {
         Outcome::Failed(FailReason::Reset),
         Outcome::Failed(FailReason::BodyAborted),
         Outcome::Failed(FailReason::BodySlow),
+        Outcome::Failed(FailReason::Write),
         Outcome::Dropped(DropReason::QueueFull),
         Outcome::Dropped(DropReason::QueueTimeout),
         Outcome::Dropped(DropReason::BodyTooLarge),
@@ -92,6 +96,7 @@ impl Outcome {
                 FailReason::Reset => "reset",
                 FailReason::BodyAborted => "body_aborted",
                 FailReason::BodySlow => "body_slow",
+                FailReason::Write => "write",
             },
             Outcome::Dropped(r) => match r {
                 DropReason::QueueFull => "queue_full",
