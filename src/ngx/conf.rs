@@ -16,7 +16,7 @@ use crate::engine::client::{
     ALPN_H2, ALPN_HTTP1, BreakerSettings, ClientSettings, CopyOptions, TlsSettings, client_config,
 };
 use crate::engine::compare::CompareSettings;
-use crate::engine::config::{PathKind, SinkSpec, TargetSpec, defaults};
+use crate::engine::config::{HttpVersion, PathKind, SinkSpec, TargetSpec, defaults};
 use crate::engine::copy::{Location, Route};
 use crate::engine::ids::{RateId, SpecId, Table, TargetId};
 use crate::engine::record::RecordSettings;
@@ -41,7 +41,7 @@ pub struct CompareLog {
 
 /// What makes two uses of a URL one target: the TLS settings (https only) and the
 /// HTTP version.
-type TargetKey = (String, Option<TlsSettings>, (bool, Option<usize>));
+type TargetKey = (String, Option<TlsSettings>, HttpVersion);
 
 /// http-level settings and the registry of every target named anywhere in `http{}`.
 #[derive(Debug, Default)]
@@ -97,16 +97,11 @@ impl MainConf {
     ///
     /// # Errors
     /// TLS settings whose certificates cannot be loaded.
-    pub fn resolve(
-        &mut self,
-        spec: SpecId,
-        tls: &TlsSettings,
-        (http2, pipeline): (bool, Option<usize>),
-    ) -> Result<TargetId, String> {
+    pub fn resolve(&mut self, spec: SpecId, tls: &TlsSettings, v: HttpVersion) -> Result<TargetId, String> {
         let base = &self.specs[spec];
         // One capture target per URL, whatever the protocol its locations speak.
         let sink = self.sinks.iter().any(|s| s.url == base.url);
-        let (http2, pipeline) = (http2 && !sink, pipeline.filter(|_| !sink));
+        let (http2, pipeline) = (v.0 && !sink, v.1.filter(|_| !sink));
         let key = (base.url.clone(), base.https.then(|| tls.clone()), (http2, pipeline));
         if let Some(id) = self.target_keys.position(|k| *k == key) {
             return Ok(id);
@@ -197,8 +192,7 @@ pub struct LocConf {
     pub ssl_trusted_certificate: Option<PathBuf>,
     pub ssl_certificate: Option<PathBuf>,
     pub ssl_certificate_key: Option<PathBuf>,
-    /// `async_mirror_http_version`: HTTP/2, or HTTP/1.1 with its pipelining depth.
-    pub http_version: Option<(bool, Option<usize>)>,
+    pub http_version: Option<HttpVersion>,
     pub compare: Option<bool>,
     /// Lowercase names.
     pub compare_headers: Option<Vec<String>>,

@@ -165,45 +165,7 @@ impl RequestHead {
         Some(req)
     }
 
-    /// The copy as HTTP/1.1 bytes, appended to `out` (a pipelined connection writes many
-    /// at once): request line, headers (`Host` kept, or the destination's authority) and,
-    /// when the copy has one, its whole body with its length. `false` if the parts make no
-    /// request target (nothing is appended).
-    pub fn write_h1(&self, dest: &Dest, body: Option<&[u8]>, out: &mut Vec<u8>) -> bool {
-        let path = self.path(dest);
-        if Uri::from_maybe_shared(path.clone()).is_err() {
-            return false;
-        }
-        out.extend_from_slice(self.method.as_str().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(&path);
-        out.extend_from_slice(b" HTTP/1.1\r\n");
-        for (name, value) in &self.headers {
-            // Framing is this writer's own: a wrong length would shift every answer after it.
-            if name == http::header::CONTENT_LENGTH {
-                continue;
-            }
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        if !self.headers.contains_key(http::header::HOST) {
-            out.extend_from_slice(b"host: ");
-            out.extend_from_slice(dest.authority.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        match body {
-            Some(body) => {
-                out.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
-                out.extend_from_slice(body);
-            }
-            None => out.extend_from_slice(b"\r\n"),
-        }
-        true
-    }
-
-    fn path(&self, dest: &Dest) -> Bytes {
+    pub(super) fn path(&self, dest: &Dest) -> Bytes {
         match dest.kind {
             PathKind::Target => Bytes::from(dest.url.path.clone()),
             // `OPTIONS *` asks about the server as a whole: no prefix goes before it.
@@ -327,24 +289,6 @@ mod tests {
             (head.headers["x-ok"].to_str().unwrap(), head.headers["host"].to_str().unwrap()),
             ("v", "routed.example:8080")
         );
-    }
-
-    #[test]
-    fn http1_bytes_for_pipelining() {
-        let h = hdrs(&[("Host", "shop.example"), ("Content-Length", "99"), ("X-A", "1")]);
-        let head =
-            RequestHead::capture(b"POST", b"/p?q", h.iter().copied(), &HeaderEdits::default()).unwrap();
-        let mut out = Vec::new();
-        assert!(head.write_h1(&dest("http://m:9/pre", PathKind::Prefix), Some(b"body"), &mut out));
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "POST /pre/p?q HTTP/1.1\r\nhost: shop.example\r\nx-a: 1\r\ncontent-length: 4\r\n\r\nbody"
-        );
-        let none = Vec::<(&[u8], &[u8])>::new();
-        let head = RequestHead::capture(b"GET", b"/", none.into_iter(), &HeaderEdits::default()).unwrap();
-        let mut out = Vec::new();
-        assert!(head.write_h1(&dest("http://m:9", PathKind::Prefix), None, &mut out));
-        assert_eq!(out, b"GET / HTTP/1.1\r\nhost: m:9\r\n\r\n");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 mod backlog;
 mod body;
+mod h1_form;
 mod head;
 
 pub use backlog::{Backlog, Charge, Reservation};

@@ -30,7 +30,7 @@ enum Framing {
 }
 
 #[derive(Debug)]
-enum State {
+enum Stage {
     Head,
     Body {
         framing: Framing,
@@ -57,7 +57,7 @@ enum State {
 /// Reads answers one after another from a connection's bytes.
 #[derive(Debug)]
 pub struct Reader {
-    state: State,
+    state: Stage,
     kept: BytesMut,
     len: u64,
 }
@@ -68,7 +68,7 @@ pub struct Malformed(pub String);
 
 impl Default for Reader {
     fn default() -> Self {
-        Reader { state: State::Head, kept: BytesMut::new(), len: 0 }
+        Reader { state: Stage::Head, kept: BytesMut::new(), len: 0 }
     }
 }
 
@@ -88,8 +88,8 @@ impl Reader {
         eof: bool,
     ) -> Result<Option<Answered>, Malformed> {
         loop {
-            match std::mem::replace(&mut self.state, State::Head) {
-                State::Head => {
+            match std::mem::replace(&mut self.state, Stage::Head) {
+                Stage::Head => {
                     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
                     let mut resp = httparse::Response::new(&mut slots);
                     let used = match resp.parse(buf) {
@@ -135,8 +135,8 @@ impl Reader {
                         length.map_or(Framing::Close, Framing::Length)
                     };
                     self.state = match framing {
-                        Framing::Chunked => State::ChunkSize { status, headers, close, trailers: false },
-                        f => State::Body {
+                        Framing::Chunked => Stage::ChunkSize { status, headers, close, trailers: false },
+                        f => Stage::Body {
                             framing: f,
                             left: if let Framing::Length(n) = f { n } else { 0 },
                             status,
@@ -145,7 +145,7 @@ impl Reader {
                         },
                     };
                 }
-                State::Body { framing, left, status, headers, close } => {
+                Stage::Body { framing, left, status, headers, close } => {
                     let take = match framing {
                         Framing::Length(_) => (left.min(buf.len() as u64)) as usize,
                         _ => buf.len(),
@@ -160,12 +160,12 @@ impl Reader {
                         let close = close || framing == Framing::Close;
                         return Ok(Some(self.answered(status, headers, close)));
                     }
-                    self.state = State::Body { framing, left, status, headers, close };
+                    self.state = Stage::Body { framing, left, status, headers, close };
                     return Ok(None);
                 }
-                State::ChunkSize { status, headers, close, trailers } => {
+                Stage::ChunkSize { status, headers, close, trailers } => {
                     let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
-                        self.state = State::ChunkSize { status, headers, close, trailers };
+                        self.state = Stage::ChunkSize { status, headers, close, trailers };
                         return Ok(None);
                     };
                     let line = buf.split_to(end + 2);
@@ -174,7 +174,7 @@ impl Reader {
                         if end == 0 {
                             return Ok(Some(self.answered(status, headers, close)));
                         }
-                        self.state = State::ChunkSize { status, headers, close, trailers: true };
+                        self.state = Stage::ChunkSize { status, headers, close, trailers: true };
                         continue;
                     }
                     let text = std::str::from_utf8(&line[..end])
@@ -183,12 +183,12 @@ impl Reader {
                     let size =
                         u64::from_str_radix(size, 16).map_err(|_| Malformed("invalid chunk size".into()))?;
                     self.state = if size == 0 {
-                        State::ChunkSize { status, headers, close, trailers: true }
+                        Stage::ChunkSize { status, headers, close, trailers: true }
                     } else {
-                        State::ChunkData { left: size + 2, status, headers, close }
+                        Stage::ChunkData { left: size + 2, status, headers, close }
                     };
                 }
-                State::ChunkData { left, status, headers, close } => {
+                Stage::ChunkData { left, status, headers, close } => {
                     let take = (left.min(buf.len() as u64)) as usize;
                     // The chunk's data, then its CRLF (never kept).
                     let data = take.min(left.saturating_sub(2) as usize);
@@ -196,10 +196,10 @@ impl Reader {
                     buf.advance(take - data);
                     let left = left - take as u64;
                     if left > 0 {
-                        self.state = State::ChunkData { left, status, headers, close };
+                        self.state = Stage::ChunkData { left, status, headers, close };
                         return Ok(None);
                     }
-                    self.state = State::ChunkSize { status, headers, close, trailers: false };
+                    self.state = Stage::ChunkSize { status, headers, close, trailers: false };
                 }
             }
         }
@@ -213,7 +213,7 @@ impl Reader {
     }
 
     fn answered(&mut self, status: u16, headers: HeaderMap, close: bool) -> Answered {
-        self.state = State::Head;
+        self.state = Stage::Head;
         Answered { status, headers, body: std::mem::take(&mut self.kept).freeze(), body_len: self.len, close }
     }
 }

@@ -15,6 +15,6 @@ pub use spec::parse_target;
 pub use spec::{Dest, TargetSpec, parse_dest};
 pub use url::PathKind;
 pub use values::{
-    PPM, parse_count, parse_flag, parse_header_name, parse_http_version, parse_rate, parse_size,
+    HttpVersion, PPM, parse_count, parse_flag, parse_header_name, parse_http_version, parse_rate, parse_size,
     parse_status_range, parse_time, positive_time,
 };

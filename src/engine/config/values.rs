@@ -177,12 +177,15 @@ pub fn parse_status_range(a: &str) -> Result<(u16, u16), String> {
     }
 }
 
+/// `async_mirror_http_version`: HTTP/2, or HTTP/1.1 with its pipelining depth.
+pub type HttpVersion = (bool, Option<usize>);
+
 /// `async_mirror_http_version 1.1 [pipeline=N] | 2`: whether it asks for HTTP/2, and the
 /// pipelining depth of HTTP/1.1.
 ///
 /// # Errors
 /// Anything but `1.1`, `2` or `2.0`; `pipeline=` out of 2..=128 or with HTTP/2.
-pub fn parse_http_version(args: &[&str]) -> Result<(bool, Option<usize>), String> {
+pub fn parse_http_version(args: &[&str]) -> Result<HttpVersion, String> {
     let http2 = match args.first().copied().unwrap_or("") {
         "1.1" => false,
         "2" | "2.0" => true,
