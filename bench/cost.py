@@ -30,7 +30,8 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NGINX = os.path.join(ROOT, "build", "nginx")
-MODULE = os.path.join(ROOT, "build", "ngx_http_async_mirror_module.so")
+# MODULE=path: another build of the module (an older commit's, for a before/after table).
+MODULE = os.environ.get("MODULE") or os.path.join(ROOT, "build", "ngx_http_async_mirror_module.so")
 DEBIAN_NGINX = "/usr/sbin/nginx"
 
 # cell -> (location body, copies per request expected)

@@ -18,7 +18,7 @@ mod tls;
 mod wire;
 
 pub use breaker::{Breaker, BreakerSettings, Clock, Gate};
-pub use pipeline::{Job, Landing, Pipeline};
+pub use pipeline::{Landing, Piped, Pipeline};
 pub use response::{Keep, MirrorResponse};
 pub use target::{ClientSettings, CopyOptions, Outgoing, Target};
 pub use tls::{ALPN_H2, ALPN_HTTP1, TlsSettings, client_config, load_key, load_pem};

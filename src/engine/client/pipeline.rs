@@ -33,7 +33,7 @@ use crate::engine::outcome::{FailReason, Failure, Outcome};
 const GROW_AFTER: Duration = Duration::from_millis(1);
 
 /// A copy as a pipelined connection carries it.
-pub struct Job<T> {
+pub struct Piped<T> {
     pub item: T,
     /// The whole request: head and body.
     pub bytes: Bytes,
@@ -57,7 +57,7 @@ pub trait Landing<T>: Send + Sync + 'static {
 /// One target's pipelined connections and the copies waiting for one.
 pub struct Pipeline<T> {
     pub depth: usize,
-    queue: Mutex<VecDeque<(Job<T>, Instant)>>,
+    queue: Mutex<VecDeque<(Piped<T>, Instant)>>,
     notify: Notify,
     drivers: AtomicUsize,
 }
@@ -75,7 +75,7 @@ impl<T: Send + 'static> Pipeline<T> {
     /// Queues a copy for the next connection with room, starting one if none runs.
     pub fn push(
         self: &Arc<Self>,
-        job: Job<T>,
+        job: Piped<T>,
         target: &Arc<Target>,
         landing: &Arc<dyn Landing<T>>,
         clock: Clock,
@@ -97,11 +97,11 @@ impl<T: Send + 'static> Pipeline<T> {
         true
     }
 
-    fn take(&self) -> Option<Job<T>> {
+    fn take(&self) -> Option<Piped<T>> {
         self.queue.lock().ok()?.pop_front().map(|(j, _)| j)
     }
 
-    fn requeue(&self, jobs: impl DoubleEndedIterator<Item = Job<T>>) {
+    fn requeue(&self, jobs: impl DoubleEndedIterator<Item = Piped<T>>) {
         if let Ok(mut q) = self.queue.lock() {
             for job in jobs.rev() {
                 q.push_front((job, Instant::now()));
@@ -123,7 +123,7 @@ impl<T: Send + 'static> Pipeline<T> {
         self.queue.lock().map_or(true, |q| q.is_empty())
     }
 
-    fn drain(&self) -> Vec<Job<T>> {
+    fn drain(&self) -> Vec<Piped<T>> {
         self.queue.lock().map(|mut q| q.drain(..).map(|(j, _)| j).collect()).unwrap_or_default()
     }
 }
@@ -146,7 +146,7 @@ async fn drive<T: Send + 'static>(
     slot: ConnSlot,
 ) {
     let idle_limit = target.keepalive;
-    let end = |flying: &mut VecDeque<Job<T>>, outcome: Outcome| {
+    let end = |flying: &mut VecDeque<Piped<T>>, outcome: Outcome| {
         for job in flying.drain(..) {
             landing.land(job.item, outcome, None, job.departed.elapsed());
         }
@@ -176,7 +176,7 @@ async fn drive<T: Send + 'static>(
             Err(f) => {
                 // The target cannot be reached now: every waiting copy fails as its own
                 // connect would.
-                let mut failed: VecDeque<Job<T>> = pipe.drain().into();
+                let mut failed: VecDeque<Piped<T>> = pipe.drain().into();
                 let breaker = failed.front().map(|j| j.opts.breaker);
                 target.record_failure(&f, breaker, clock.now_ms());
                 end(&mut failed, Outcome::Failed(f.reason));
@@ -194,7 +194,7 @@ async fn drive<T: Send + 'static>(
             wbuf: Vec::new(),
             answered: 0,
         };
-        let mut flying: VecDeque<Job<T>> = VecDeque::new();
+        let mut flying: VecDeque<Piped<T>> = VecDeque::new();
         let mut idle_since = Instant::now();
         loop {
             // As many waiting copies as the depth allows, in one write.
@@ -279,12 +279,12 @@ async fn drive<T: Send + 'static>(
 /// they fail.
 fn resend_or_end<T: Send + 'static>(
     pipe: &Arc<Pipeline<T>>,
-    flying: &mut VecDeque<Job<T>>,
+    flying: &mut VecDeque<Piped<T>>,
     target: &Target,
     landing: &dyn Landing<T>,
     clock: Clock,
 ) {
-    let (again, done): (Vec<Job<T>>, Vec<Job<T>>) = flying.drain(..).partition(|j| !j.resent);
+    let (again, done): (Vec<Piped<T>>, Vec<Piped<T>>) = flying.drain(..).partition(|j| !j.resent);
     for job in done {
         let fail = Failure::new(FailReason::Reset, "connection closed by mirror");
         target.record_failure(&fail, Some(job.opts.breaker), clock.now_ms());
@@ -309,7 +309,7 @@ impl Conn {
     /// Ends every copy whose answer is complete in the read buffer, in order.
     fn answers<T: Send + 'static>(
         &mut self,
-        flying: &mut VecDeque<Job<T>>,
+        flying: &mut VecDeque<Piped<T>>,
         eof: bool,
         target: &Target,
         landing: &dyn Landing<T>,

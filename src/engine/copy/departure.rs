@@ -15,7 +15,7 @@ use futures_util::stream::FuturesUnordered;
 use super::admission::MirrorCopy;
 use super::inbox::Inbox;
 use super::life::{self, Flight, LaneLanding, Logs};
-use crate::engine::client::{Clock, Job, Keep, Landing, Pipeline};
+use crate::engine::client::{Clock, Keep, Landing, Piped, Pipeline};
 use crate::engine::outcome::{DropReason, Outcome};
 
 pub async fn run(lane: Flight, inbox: Arc<Inbox>, clock: Clock, logs: Logs) {
@@ -52,7 +52,7 @@ pub async fn run(lane: Flight, inbox: Arc<Inbox>, clock: Clock, logs: Logs) {
                             let (head_only, opts) = (copy.head.method == http::Method::HEAD, copy.opts);
                             let departed = Instant::now();
                             let job =
-                                Job { item: copy, bytes, head_only, keep, opts, resent: false, departed };
+                                Piped { item: copy, bytes, head_only, keep, opts, resent: false, departed };
                             pipe.push(job, &target, landing, clock);
                             continue;
                         }

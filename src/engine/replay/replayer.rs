@@ -354,6 +354,9 @@ fn send(
         copy.compare = Some(part);
         capture = c;
     }
-    let _ = lanes.submit(copy);
+    // Handed over at once: the replayer has no nginx timer to flush batches.
+    if lanes.submit(copy).is_ok() {
+        lanes.flush();
+    }
     Ok(capture)
 }
