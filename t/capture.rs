@@ -246,7 +246,7 @@ mod kafka {
     fn every_copy_is_one_message_and_the_replayer_reads_them_back() {
         let cluster = MockCluster::new(1).unwrap();
         let url = format!("kafka://{}/copies", cluster.bootstrap_servers());
-        let server = format!("location / {{ async_mirror {url} sample=100% key=$arg_user; {PROXY} }}");
+        let server = format!("location / {{ async_mirror {url} key=$arg_user; {PROXY} }}");
         let ng = start("capture-kafka", 2, &server, "");
         let n = 30;
         for i in 0..n {

@@ -99,7 +99,8 @@ pub fn parse_mirror_line<'a>(args: &[&'a str]) -> Result<MirrorLine<'a>, String>
             _ => return Err(format!("unknown parameter \"{param}\"")),
         }
     }
-    if key.is_some() && sample.is_none() {
+    // A capture target's key= is also its Kafka message key, so it stands without sample=.
+    if key.is_some() && sample.is_none() && !sink {
         return Err("key= needs sample=".into());
     }
     let sink = if sink { Some(parse_sink(url, &sink_params)?) } else { None };
