@@ -200,6 +200,17 @@ async fn drive<T: Send + 'static>(
             // As many waiting copies as the depth allows, in one write.
             while flying.len() < pipe.depth {
                 let Some(job) = pipe.take() else { break };
+                // Its time ran out while it waited for a connection: never sent late, and
+                // never the reason the copies behind it are cut off.
+                if job.departed.elapsed() >= job.opts.timeout {
+                    landing.land(
+                        job.item,
+                        Outcome::Failed(FailReason::Timeout),
+                        None,
+                        job.departed.elapsed(),
+                    );
+                    continue;
+                }
                 conn.wbuf.extend_from_slice(&job.bytes);
                 flying.push_back(job);
             }
