@@ -237,6 +237,64 @@ fn a_read_only_file_fails_copies_until_it_is_writable_again() {
     ng.quit();
 }
 
+/// A capture target is a target like any other: its copies are logged by
+/// `async_mirror_log`, counted on the status page, and paused by the control API.
+#[test]
+fn a_capture_target_is_logged_counted_and_paused_like_any_target() {
+    let server = "async_mirror_log {prefix}/logs/copies.log;
+         location / { async_mirror file:logs/p.gor response=off; access_log {prefix}/logs/o.log o; PROXY }
+         location /mirror-api/ { async_mirror off; async_mirror_api write=on; }"
+        .replace("PROXY", PROXY);
+    let ng = start("capture-api", 1, &server, "log_format o '$async_mirror_outcome';");
+    let url = "file:logs/p.gor";
+    let mut c = Client::connect(ng.port);
+    for i in 0..5 {
+        assert_eq!(c.get(&format!("/p{i}")).status, 200);
+    }
+    assert!(wait_until(Duration::from_secs(5), || ok_copies(ng.port, url) == 5));
+    let lines = || json_lines(&ng.prefix.join("logs/copies.log"));
+    assert!(wait_until(Duration::from_secs(5), || lines().len() == 5));
+    assert!(lines().iter().all(|l| l["target"] == url && l["outcome"] == "ok" && l["status"].is_null()));
+    // Pause it through the API: every copy from then on is `paused`, and nothing is written.
+    let api = |method: &str, path: &str, body: &str| {
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let raw = raw_exchange(ng.port, req.as_bytes(), Duration::from_secs(5));
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let json: serde_json::Value =
+            serde_json::from_str(text.split_once("\r\n\r\n").map_or("", |(_, b)| b))
+                .unwrap_or(serde_json::Value::Null);
+        (statuses(&raw).first().copied().unwrap_or(0), json)
+    };
+    let (status, list) = api("GET", "/mirror-api/targets", "");
+    assert_eq!(status, 200, "{list}");
+    let id =
+        list["targets"].as_array().unwrap().iter().find(|t| t["url"] == url).expect("listed")["id"].clone();
+    let (status, _) = api("PATCH", &format!("/mirror-api/targets/{id}"), r#"{"paused":true}"#);
+    assert_eq!(status, 200);
+    let outcomes = || std::fs::read_to_string(ng.prefix.join("logs/o.log")).unwrap_or_default();
+    let mut i = 0;
+    let paused = wait_until(Duration::from_secs(5), || {
+        i += 1;
+        assert_eq!(c.get(&format!("/q{i}")).status, 200);
+        outcomes().lines().last() == Some("paused")
+    });
+    assert!(paused, "{}", outcomes());
+    let written =
+        || std::fs::read_to_string(ng.prefix.join("logs/p.gor")).unwrap().matches("HTTP/1.1\r\n").count();
+    let before = written();
+    for j in 0..5 {
+        assert_eq!(c.get(&format!("/r{j}")).status, 200);
+    }
+    assert_eq!(outcomes().lines().rev().take(5).filter(|l| *l == "paused").count(), 5);
+    assert!(wait_until(Duration::from_secs(3), || ok_copies(ng.port, url) == before as u64));
+    assert_eq!(written(), before, "nothing recorded while paused");
+    assert!(fetch(ng.port, "/status").contains(&format!("nginx_async_mirror_paused{{target=\"{url}\"}} 1")));
+    ng.quit();
+}
+
 #[cfg(feature = "kafka")]
 mod kafka {
     use super::*;

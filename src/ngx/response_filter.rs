@@ -14,8 +14,6 @@ use ngx::ffi::{
     ngx_http_request_t, ngx_int_t,
 };
 
-use bytes::Bytes;
-
 use super::conf::RESPONSE_FILTERS;
 use super::ctx::RequestCtx;
 use super::log;
@@ -94,20 +92,27 @@ fn on_header(r: &ngx_http_request_t, ctx: &mut RequestCtx) {
         p.head(status, headers, find("content-type"), find("content-encoding"));
         if p.wants_raw() {
             // Every header as the content handler set it (nginx adds Date, Server and the
-            // framing after this filter).
-            let mut all = Vec::new();
-            for name in ["Content-Type", "Content-Length"] {
-                if let Some(v) = find(&name.to_ascii_lowercase()) {
-                    all.push((Bytes::from_static(name.as_bytes()), Bytes::from(v)));
-                }
+            // framing after this filter), as `Name: value` lines in one buffer.
+            let mut lines = Vec::with_capacity(256);
+            let mut line = |n: &[u8], v: &[u8]| {
+                lines.extend_from_slice(n);
+                lines.extend_from_slice(b": ");
+                lines.extend_from_slice(v);
+                lines.extend_from_slice(b"\r\n");
+            };
+            if let Some(v) = find("content-type") {
+                line(b"Content-Type", &v);
+            }
+            if let Ok(n) = u64::try_from(out.content_length_n) {
+                line(b"Content-Length", n.to_string().as_bytes());
             }
             let framing = |n: &[u8]| {
                 n.eq_ignore_ascii_case(b"content-type") || n.eq_ignore_ascii_case(b"content-length")
             };
             for (n, v) in HeaderIter::new(&out.headers).filter(|(n, _)| !framing(n)) {
-                all.push((Bytes::copy_from_slice(n), Bytes::copy_from_slice(v)));
+                line(n, v);
             }
-            p.raw_head(status, all);
+            p.raw_head(status, lines);
         }
     }
     if ctx.copies.holds() {

@@ -78,8 +78,8 @@ impl PrimaryCapture {
         self.raw.is_some()
     }
 
-    /// The status and every header of the answer, for captures.
-    pub fn raw_head(&mut self, status: u16, headers: Vec<(bytes::Bytes, bytes::Bytes)>) {
+    /// The status and every header of the answer (`Name: value\r\n` lines), for captures.
+    pub fn raw_head(&mut self, status: u16, headers: Vec<u8>) {
         if let Some(raw) = self.raw.as_mut() {
             raw.head(status, headers);
         }

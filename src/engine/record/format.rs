@@ -92,14 +92,14 @@ pub fn request_record(
     Some(out)
 }
 
-/// The answer's record: status line, headers (redacted) and body as far as it was kept.
-/// `None` when the body holds the separator.
+/// The answer's record: status line, headers (`Name: value\r\n` lines, redacted) and body
+/// as far as it was kept. `None` when the body holds the separator.
 pub fn response_record(
     id: &str,
     at_ns: u64,
     latency_ns: u64,
     status: u16,
-    headers: &[(Bytes, Bytes)],
+    headers: &[u8],
     body: &[u8],
     r: &Redaction<'_>,
 ) -> Option<Vec<u8>> {
@@ -109,8 +109,12 @@ pub fn response_record(
     let reason = http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
     let mut out = Vec::with_capacity(128 + body.len());
     out.extend_from_slice(format!("2 {id} {at_ns} {latency_ns}\nHTTP/1.1 {status} {reason}\r\n").as_bytes());
-    for (name, value) in headers {
-        r.push(&mut out, name, value);
+    for line in headers.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if let Some(colon) = line.iter().position(|&b| b == b':') {
+            let value = &line[colon + 1..];
+            r.push(&mut out, &line[..colon], value.strip_prefix(b" ").unwrap_or(value));
+        }
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
@@ -302,15 +306,14 @@ mod tests {
             (m.start[0].as_str(), m.start[1].as_str(), &m.body[..]),
             ("POST", "/a?b=1", &b"{\"x\":1}"[..])
         );
-        let hs = [(Bytes::from_static(b"Set-Cookie"), Bytes::from_static(b"t=2"))];
-        let resp = response_record("ab12", 5, 3, 404, &hs, b"no", &r).unwrap();
+        let resp = response_record("ab12", 5, 3, 404, b"Set-Cookie: t=2\r\n", b"no", &r).unwrap();
         assert_eq!(
             String::from_utf8(resp).unwrap(),
             "2 ab12 5 3\nHTTP/1.1 404 Not Found\r\nSet-Cookie: [scrubbed]\r\n\r\nno"
         );
         let forged = [b"x".as_ref(), SEPARATOR, b"1 f 0 0\nGET /admin HTTP/1.1\r\n\r\n"].concat();
         assert!(request_record("c", 0, &h, &forged, &r).is_none(), "a body must not forge records");
-        assert!(response_record("c", 0, 0, 200, &[], &forged, &r).is_none());
+        assert!(response_record("c", 0, 0, 200, b"", &forged, &r).is_none());
         assert_ne!(record_id(1, 1), record_id(1, 2));
         assert_eq!(record_id(7, 9).len(), 24);
     }
