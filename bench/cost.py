@@ -44,6 +44,8 @@ CELLS = {
     "h2-15": "async_mirror http://127.0.0.1:{h2} sample=15%; async_mirror_http_version 2;",
     "h1p": "async_mirror http://127.0.0.1:{h1}; async_mirror_http_version 1.1 pipeline=8;",
     "h1p-15": "async_mirror http://127.0.0.1:{h1} sample=15%; async_mirror_http_version 1.1 pipeline=8;",
+    # A capture target: request and answer records appended to a file in the front's prefix.
+    "file": "async_mirror file:capture.gor;",
 }
 
 
