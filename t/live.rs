@@ -195,7 +195,12 @@ fn range_and_conditional_requests_never_compare_as_differ() {
     }));
     // A static file's body goes by in file buffers: status and headers are compared.
     assert_eq!((v["uncompared_file_body"].as_u64(), v["differ"].as_u64()), (Some(2), Some(0)), "{v}");
-    assert_eq!(v["uncompared_conditional"].as_u64(), Some(2), "{v}");
+    // The range and the revalidation are never compared. On nginx 1.30 and later one of
+    // them counts `uncompared{primary_incomplete}` instead (the capture of the primary saw
+    // no end of its answer); either way, never `differ`.
+    let conditional = v["uncompared_conditional"].as_u64().unwrap_or(0);
+    let incomplete = v["uncompared_primary_incomplete"].as_u64().unwrap_or(0);
+    assert!(conditional >= 1 && conditional + incomplete == 2, "{v}");
     ng.quit();
 }
 
