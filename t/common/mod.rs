@@ -65,9 +65,19 @@ fn run_as() -> &'static str {
     if unsafe { libc::geteuid() } == 0 { "user root;\n" } else { "" }
 }
 
-/// A free port on 127.0.0.1 (bound then released).
+/// A free port on 127.0.0.1 (bound then released), never one this test process handed out
+/// before: the kernel may give a released port again at once, and a front and its backend
+/// on the same port make nginx answer from the wrong server.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// `TEST_NGINX_VALGRIND=1` (`make test-valgrind`): nginx runs under valgrind's memcheck,
