@@ -50,25 +50,8 @@ impl RequestHead {
 mod tests {
     use super::*;
     use crate::engine::capture::HeaderEdits;
-    use crate::engine::config::{PathKind, TargetSpec, parse_dest};
-
-    fn dest(url: &str) -> Dest {
-        let spec = TargetSpec {
-            url: url.into(),
-            https: false,
-            dest: None,
-            tls: None,
-            http2: false,
-            pipeline: None,
-            resolve: None,
-            allowed: Vec::new(),
-        };
-        parse_dest(url.as_bytes(), &spec, PathKind::Prefix).unwrap()
-    }
-
-    fn hdrs<'a>(h: &'a [(&'a str, &'a str)]) -> Vec<(&'a [u8], &'a [u8])> {
-        h.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())).collect()
-    }
+    use crate::engine::capture::head::tests::{dest, hdrs};
+    use crate::engine::config::PathKind;
 
     #[test]
     fn http1_bytes_for_pipelining() {
@@ -76,7 +59,7 @@ mod tests {
         let head =
             RequestHead::capture(b"POST", b"/p?q", h.iter().copied(), &HeaderEdits::default()).unwrap();
         let mut out = Vec::new();
-        assert!(head.write_h1(&dest("http://m:9/pre"), Some(b"body"), &mut out));
+        assert!(head.write_h1(&dest("http://m:9/pre", PathKind::Prefix), Some(b"body"), &mut out));
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "POST /pre/p?q HTTP/1.1\r\nhost: shop.example\r\nx-a: 1\r\ncontent-length: 4\r\n\r\nbody"
@@ -84,7 +67,7 @@ mod tests {
         let none = Vec::<(&[u8], &[u8])>::new();
         let head = RequestHead::capture(b"GET", b"/", none.into_iter(), &HeaderEdits::default()).unwrap();
         let mut out = Vec::new();
-        assert!(head.write_h1(&dest("http://m:9"), None, &mut out));
+        assert!(head.write_h1(&dest("http://m:9", PathKind::Prefix), None, &mut out));
         assert_eq!(out, b"GET / HTTP/1.1\r\nhost: m:9\r\n\r\n");
     }
 }

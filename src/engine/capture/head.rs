@@ -189,11 +189,11 @@ fn trim(s: &[u8]) -> &[u8] {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::engine::config::{TargetSpec, parse_dest};
 
-    fn dest(url: &str, kind: PathKind) -> Dest {
+    pub(in crate::engine::capture) fn dest(url: &str, kind: PathKind) -> Dest {
         let spec = TargetSpec {
             url: url.into(),
             https: url.starts_with("https"),
@@ -207,7 +207,9 @@ mod tests {
         parse_dest(url.as_bytes(), &spec, kind).unwrap()
     }
 
-    fn hdrs(list: &[(&'static str, &'static str)]) -> Vec<(&'static [u8], &'static [u8])> {
+    pub(in crate::engine::capture) fn hdrs(
+        list: &[(&'static str, &'static str)],
+    ) -> Vec<(&'static [u8], &'static [u8])> {
         list.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())).collect()
     }
 
