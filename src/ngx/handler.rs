@@ -45,12 +45,11 @@ fn mirror_request(r: &mut ngx_http_request_t, lc: &LocConf) {
         panic!("test-panic header");
     }
     let view = View { r, lc };
-    let facts = view.facts();
     // `async_mirror_log`, its `if=` evaluated once for the request's copies.
     let log = lc.copy_log.flatten().filter(|l| l.cond.is_none_or(|cv| is_true(eval(r, cv.as_ptr()))));
     let location = lc.location(log.map(|l| l.index));
     with_worker(|w| {
-        ctx.copies.decide(lc.routes(), &location, &facts, &view, w.engine.lanes(), &mut w.select);
+        ctx.copies.decide(lc.routes(), &location, &view, w.engine.lanes(), &mut w.select);
         handoff(&w.engine);
     });
 }
@@ -89,7 +88,9 @@ impl View<'_> {
         };
         Some(line)
     }
+}
 
+impl RequestView for View<'_> {
     fn facts(&self) -> Facts {
         let r = self.r;
         let headers = HeaderIter::new(&r.headers_in.headers);
@@ -106,9 +107,7 @@ impl View<'_> {
                 || (has_body && self.lc.body() && !r.request_body.is_null()),
         }
     }
-}
 
-impl RequestView for View<'_> {
     fn method(&self) -> &[u8] {
         str_bytes(&self.r.method_name)
     }

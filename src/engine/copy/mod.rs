@@ -4,6 +4,7 @@
 
 mod admission;
 mod departure;
+mod fates;
 mod inbox;
 mod lane;
 mod life;

@@ -4,12 +4,14 @@
 //! and what `$async_mirror_outcome` says of each. The nginx layer keeps one
 //! [`RequestCopies`] per request and answers [`RequestView`]'s questions.
 
+use std::cell::OnceCell;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 
 use super::admission::MirrorCopy;
+use super::fates::Fates;
 use super::lane::Lanes;
 use super::recorded::recording;
 use super::select::{Selection, key_bucket};
@@ -68,6 +70,8 @@ pub struct Facts {
 /// What the engine asks of the request while deciding; the nginx layer evaluates
 /// variables only when asked, so a sampled-out request evaluates none.
 pub trait RequestView {
+    /// Read once, and only when a route's copy passed selection.
+    fn facts(&self) -> Facts;
     fn method(&self) -> &[u8];
     /// `$request_uri`.
     fn uri(&self) -> &[u8];
@@ -92,9 +96,7 @@ pub trait RequestView {
 /// comparisons it is incomplete, copies held for the primary's status are discarded.
 #[derive(Default)]
 pub struct RequestCopies {
-    fates: Vec<Fate>,
-    /// The fates joined by commas, for the variable.
-    variable: String,
+    fates: Fates,
     bodies: Vec<BodyTx>,
     /// Body bytes seen so far, and the size up to which copies wait for the whole body.
     body_seen: u64,
@@ -118,15 +120,15 @@ struct Waiting {
 }
 
 /// The per-request decisions that do not change from target to target.
+/// What costs something to learn (the request's facts, the clock) is learnt when a copy
+/// first needs it: a sampled-out request pays for neither.
 struct Decision<'a, V: RequestView> {
     loc: &'a Location<'a>,
-    facts: &'a Facts,
+    facts: OnceCell<Facts>,
     view: &'a V,
-    stream_body: bool,
-    too_large: bool,
     head: Option<Result<Arc<RequestHead>, CaptureError>>,
     comparison: Option<RequestComparison>,
-    now: Instant,
+    now: Option<Instant>,
 }
 
 impl RequestCopies {
@@ -137,22 +139,11 @@ impl RequestCopies {
         &mut self,
         routes: impl Iterator<Item = (usize, Route)> + Clone,
         loc: &Location<'_>,
-        facts: &Facts,
         view: &V,
         lanes: &Lanes,
         select: &mut Selection,
     ) {
-        let stream_body = facts.has_body && loc.body;
-        let mut d = Decision {
-            loc,
-            facts,
-            view,
-            stream_body,
-            too_large: stream_body && facts.length.is_some_and(|l| l > loc.body_max_size),
-            head: None,
-            comparison: None,
-            now: Instant::now(),
-        };
+        let mut d = Decision { loc, facts: OnceCell::new(), view, head: None, comparison: None, now: None };
         if let Some(held) = loc.held {
             self.held_statuses = held.to_vec();
         }
@@ -160,7 +151,7 @@ impl RequestCopies {
         let has_baseline = routes.clone().any(|(_, r)| r.baseline);
         for (line, route) in routes {
             let fate = self.offer(&mut d, line, &route, has_baseline, lanes, select);
-            self.push(fate);
+            self.fates.push(fate);
         }
     }
 
@@ -182,7 +173,9 @@ impl RequestCopies {
         }
         let mut dest = None;
         let early = d.early(line, route, &target.spec, &mut dest).and_then(|()| match route.rate {
-            Some(rate) if !select.take_token(rate, d.now) => Err(Outcome::Dropped(DropReason::RateLimited)),
+            Some(rate) if !select.take_token(rate, *d.now.get_or_insert_with(Instant::now)) => {
+                Err(Outcome::Dropped(DropReason::RateLimited))
+            }
             _ => Ok(()),
         });
         let held = d.loc.held.is_some();
@@ -196,11 +189,12 @@ impl RequestCopies {
             Ok(a) => a,
             Err(outcome) => return refused(outcome),
         };
-        let no_body = d.facts.has_body && !d.stream_body;
+        let (facts, stream_body) = (*d.facts(), d.stream_body());
+        let no_body = facts.has_body && !stream_body;
         let head = d.head.get_or_insert_with(|| d.view.capture(no_body).map(Arc::new));
         let Ok(head) = head.as_ref().map(Arc::clone) else { return refused(admission.end(Outcome::Skipped)) };
-        let body = match d.stream_body {
-            true => lanes.body_channel(route.target, d.loc.body_max_size, d.facts.length).map(|(tx, rx)| {
+        let body = match stream_body {
+            true => lanes.body_channel(route.target, d.loc.body_max_size, facts.length).map(|(tx, rx)| {
                 self.bodies.push(tx);
                 rx
             }),
@@ -237,7 +231,7 @@ impl RequestCopies {
             }
         }
         // A body that fits the buffer is sent once complete (chunked ones until they outgrow it).
-        let body = d.stream_body && d.facts.length.is_none_or(|l| l <= d.loc.body_buffer_size);
+        let body = stream_body && facts.length.is_none_or(|l| l <= d.loc.body_buffer_size);
         if held || body {
             self.waiting.push(Waiting { at: self.fates.len(), copy, status: held, body });
             return if held { Fate::Held } else { Fate::Queued };
@@ -259,29 +253,13 @@ impl RequestCopies {
                 Ok(()) => Fate::Queued,
                 Err(outcome) => Fate::Ended(outcome),
             };
-            self.set(w.at, fate);
-        }
-    }
-
-    fn push(&mut self, fate: Fate) {
-        if !self.fates.is_empty() {
-            self.variable.push(',');
-        }
-        self.variable.push_str(fate.variable());
-        self.fates.push(fate);
-    }
-
-    fn set(&mut self, i: usize, fate: Fate) {
-        if let Some(f) = self.fates.get_mut(i) {
-            *f = fate;
-            let words: Vec<&str> = self.fates.iter().map(|f| f.variable()).collect();
-            self.variable = words.join(",");
+            self.fates.set(w.at, fate);
         }
     }
 
     /// `$async_mirror_outcome`: one word per route, e.g. `queued,sampled_out`.
-    pub fn variable(&self) -> &str {
-        &self.variable
+    pub fn variable(&self) -> String {
+        self.fates.words()
     }
 
     /// Whether the request body filter has copies to feed.
@@ -347,7 +325,7 @@ impl RequestCopies {
         for mut w in held {
             if !go {
                 w.copy.discard();
-                self.set(w.at, Fate::PrimaryStatus);
+                self.fates.set(w.at, Fate::PrimaryStatus);
                 continue;
             }
             w.copy.confirm();
@@ -373,6 +351,15 @@ impl Drop for RequestCopies {
 }
 
 impl<V: RequestView> Decision<'_, V> {
+    fn facts(&self) -> &Facts {
+        self.facts.get_or_init(|| self.view.facts())
+    }
+
+    /// The body goes with the copies (the client sent one, `async_mirror_body` is on).
+    fn stream_body(&self) -> bool {
+        self.facts().has_body && self.loc.body
+    }
+
     /// The checks made for one target before anything is captured.
     fn early(
         &self,
@@ -381,7 +368,7 @@ impl<V: RequestView> Decision<'_, V> {
         spec: &TargetSpec,
         dest: &mut Option<Dest>,
     ) -> Result<(), Outcome> {
-        if self.facts.skip {
+        if self.facts().skip {
             return Err(Outcome::Skipped);
         }
         // A URL with variables is evaluated here, on the nginx thread; one that is empty,
@@ -389,7 +376,7 @@ impl<V: RequestView> Decision<'_, V> {
         if let Some(kind) = route.template {
             *dest = Some(parse_dest(self.view.url(line), spec, kind).map_err(|_| Outcome::Skipped)?);
         }
-        if self.too_large {
+        if self.stream_body() && self.facts().length.is_some_and(|l| l > self.loc.body_max_size) {
             return Err(Outcome::Dropped(DropReason::BodyTooLarge));
         }
         Ok(())
