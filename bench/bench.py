@@ -338,6 +338,29 @@ def fmt_lat(us):
     return f"{us / 1000:.2f}" if us < 100_000 else f"{us / 1000:.0f}"
 
 
+def cost_cell(mode):
+    """bench/cost.py's cell with this mode's configuration (`async-h2:15` -> `h2-15`), if any."""
+    name, sample = split_mode(mode)
+    base = {"builtin": "builtin", "async": "h1", "async-h2": "h2"}.get(name)
+    if base is None or (sample is not None and (base == "builtin" or sample != int(sample))):
+        return None
+    return base if sample is None else f"{base}-{int(sample)}"
+
+
+def instructions(modes):
+    """Instructions per copy (callgrind, independent of load) for the modes bench/cost.py has a
+    cell for, measured by it after the wrk cells; INSTR=0 skips them."""
+    if os.environ.get("INSTR", "1") == "0" or not shutil.which("valgrind"):
+        return {}
+    cells = {m: cost_cell(m) for m in modes if cost_cell(m)}
+    if not cells:
+        return {}
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import cost
+    per_copy = cost.instructions_per_copy(sorted(set(cells.values())))
+    return {m: per_copy.get(c) for m, c in cells.items()}
+
+
 def copies_per_request(mode):
     name, sample = split_mode(mode)
     return 0.0 if name == "none" else (sample / 100 if sample else 1.0)
@@ -364,10 +387,10 @@ def pct(v):
 
 def table(results):
     lines = ["| mode | mirror | conns | req/s | × no-mirror | p50 ms | p99 ms | p99 × | CPU µs/req | CPU µs/copy "
-             "| nginx-thread µs/copy "
+             "| nginx-thread µs/copy | instructions/copy "
              "| copies attempted | delivered (module) | received (peer) | mirror conns (h1/h2) | errors | RSS KiB before→after "
              "| verdicts |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         errs = r["err_connect"] + r["err_read"] + r["err_write"] + r["err_status"] + r["err_timeout"]
         p = r.get("peer") or {}
@@ -376,9 +399,10 @@ def table(results):
         cpc = "" if r.get("cpu_us_per_copy") is None else f'{r["cpu_us_per_copy"]:.1f}'
         mpc = "" if r.get("main_us_per_copy") is None else f'{r["main_us_per_copy"]:.1f}'
         att = "" if r.get("attempted") is None else str(r["attempted"])
+        ins = "" if r.get("instr_per_copy") is None else f'{r["instr_per_copy"] / 1000:.1f}k'
         lines.append(
             f'| {r["mode"]} | {r["state"]} | {r["conns"]} | {r["rps"]:.0f} | {r["ratio"]:.2f} | {fmt_lat(r["p50"])} | '
-            f'{fmt_lat(r["p99"])} | {r["p99_ratio"]:.2f} | {r["cpu_us_per_req"]:.1f} | {cpc} | {mpc} | {att} | '
+            f'{fmt_lat(r["p99"])} | {r["p99_ratio"]:.2f} | {r["cpu_us_per_req"]:.1f} | {cpc} | {mpc} | {ins} | {att} | '
             f'{pct(r.get("delivered_share"))} | {"" if r["copies"] is None else r["copies"]} {pct(r.get("peer_share"))} | '
             f'{conns} | {errs} | {r["rss_before_kib"]}→{r["rss_after_kib"]} | '
             f'{" ".join(f"{k}={v}" for k, v in sorted((r.get("verdicts") or {}).items()))} |')
@@ -515,6 +539,9 @@ def main():
                 if r["conns"] == conns:
                     r["ratio"] = r["rps"] / base["rps"]
                     r["p99_ratio"] = r["p99"] / max(base["p99"], 1)
+        instr = instructions(modes)
+        for r in results:
+            r["instr_per_copy"] = instr.get(r["mode"]) if r["state"] == "up" else None
         report(args, results)
     finally:
         for p in peers:

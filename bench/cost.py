@@ -8,12 +8,17 @@ keepalive client connections (wrk). Two figures per cell:
 - instructions per copy: the front under `valgrind --tool=callgrind --separate-threads=yes`,
   all threads, marginal between a run of 1,000 and one of 5,000 requests (start-up cancels),
   less the no-mirror cell's, divided by the copies per request. Independent of the load.
+- system calls per copy (SYSCALLS=1): every thread of the front under `strace -f -c`,
+  marginal between 1,000 and 5,000 requests as above.
 - CPU µs per copy: the front's utime+stime (runtime threads included) per request in a wrk
   run, less the no-mirror cell's, divided by the copies per request; median of alternating
   rounds.
 
     python3 bench/cost.py                       # every cell
     CELLS=none,h1,h2 ROUNDS=3 DURATION=5 python3 bench/cost.py
+    SKIP_CPU=1 SKIP_CALLGRIND=1 SYSCALLS=1 CELLS=none,h1,h2-25 python3 bench/cost.py
+
+Cells: none, builtin, h1, h2, h1p (pipeline=8), file, and h1-N, h2-N, h1p-N (sample=N%).
 """
 
 import json
@@ -47,6 +52,16 @@ CELLS = {
     # A capture target: request and answer records appended to a file in the front's prefix.
     "file": "async_mirror file:capture.gor;",
 }
+
+
+def cell_body(cell):
+    """A cell's location body; `h1-25`, `h2-5`, `h1p-50`: that protocol at sample=N%."""
+    if cell in CELLS:
+        return CELLS[cell]
+    proto, _, pct = cell.rpartition("-")
+    if proto in ("h1", "h2", "h1p") and pct.isdigit() and 0 < int(pct) <= 100:
+        return CELLS[proto].replace(";", f" sample={pct}%;", 1)
+    raise SystemExit(f"unknown cell {cell!r}: one of {', '.join(CELLS)} or h1-N, h2-N, h1p-N")
 
 
 def free_port():
@@ -91,7 +106,7 @@ http {{ access_log off; keepalive_requests 1000000;
 
 
 def front_conf(work, cell, ports, port):
-    body = CELLS[cell].format(**ports)
+    body = cell_body(cell).format(**ports)
     ours = cell not in ("none", "builtin")
     module = f"load_module {MODULE};" if ours else ""
     zone = "async_mirror_zone cost 1m;" if ours else ""
@@ -161,21 +176,12 @@ def settle(port, limit=30.0):
 
 
 def callgrind_run(work, cell, ports, n):
-    port = free_port()
     d = os.path.join(work, f"cg-{cell}-{n}")
-    os.makedirs(d, exist_ok=True)
-    conf = os.path.join(d, "nginx.conf")
-    with open(conf, "w") as f:
-        f.write(front_conf(d, cell, ports, port))
-    p = subprocess.Popen(["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={d}/cg.out",
-                          NGINX, "-p", d, "-c", conf, "-e", f"{d}/front-error.log"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(port, 120)
-    drive(port, n)
-    settle(port)
-    attempted, ts = copies(port)
-    os.kill(p.pid, signal.SIGQUIT)
-    p.wait(timeout=120)
+    return traced_run(d, cell, ports, n, ["valgrind", "--tool=callgrind", "--separate-threads=yes",
+                                          f"--callgrind-out-file={d}/cg.out"], summed_instructions)
+
+
+def summed_instructions(d):
     total = 0
     for name in os.listdir(d):
         if name.startswith("cg.out"):
@@ -183,8 +189,62 @@ def callgrind_run(work, cell, ports, n):
                 for line in f:
                     if line.startswith("summary:"):
                         total += int(line.split()[1])
+    return total
+
+
+def syscalls_run(work, cell, ports, n):
+    """System calls of every thread of the front (`strace -f -c`), for SYSCALLS=1."""
+    d = os.path.join(work, f"sc-{cell}-{n}")
+
+    def calls(d):
+        with open(os.path.join(d, "strace.txt")) as f:
+            total = [line for line in f if line.rstrip().endswith(" total")]
+        return int(total[-1].split()[3]) if total else 0
+    return traced_run(d, cell, ports, n, ["strace", "-f", "-c", "-o", f"{d}/strace.txt"], calls)
+
+
+def traced_run(d, cell, ports, n, tool, count):
+    """`n` requests to a front run under `tool`; what `count` read from its output, and the copies."""
+    port = free_port()
+    os.makedirs(d, exist_ok=True)
+    conf = os.path.join(d, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(front_conf(d, cell, ports, port))
+    p = subprocess.Popen(tool + [NGINX, "-p", d, "-c", conf, "-e", f"{d}/front-error.log"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port, 120)
+    drive(port, n)
+    settle(port)
+    attempted, ts = copies(port)
+    os.kill(p.pid, signal.SIGQUIT)
+    p.wait(timeout=120)
     # The status requests were served too: each is one request more, no copy.
-    return total, attempted
+    return count(d), attempted
+
+
+def callgrind_cells(work, cells, ports, results):
+    """Instructions per request and copies per request of each cell, into `results`."""
+    for cell in cells:
+        (i1, a1), (i5, a5) = callgrind_run(work, cell, ports, 1000), callgrind_run(work, cell, ports, 5000)
+        per_req = (i5 - i1) / 4000
+        copies_per_req = 1.0 if cell == "builtin" else (a5 - a1) / 4000
+        results.setdefault(cell, {}).update(instr_per_req=per_req, copies_per_req=copies_per_req)
+        print(f"{cell:8} instructions per request {per_req:9.0f}  copies per request {copies_per_req:.3f}",
+              file=sys.stderr, flush=True)
+
+
+def instructions_per_copy(cells):
+    """For bench/bench.py: each cell's instructions per copy, the no-mirror cell's subtracted."""
+    work = tempfile.mkdtemp(prefix="cost-", dir=os.path.join(ROOT, "build"))
+    peers, ports = start_peers(work)
+    results = {}
+    try:
+        callgrind_cells(work, ["none"] + [c for c in cells if c != "none"], ports, results)
+    finally:
+        os.kill(peers.pid, signal.SIGQUIT)
+        peers.wait(timeout=30)
+    base = results["none"]["instr_per_req"]
+    return {c: (r["instr_per_req"] - base) / max(r["copies_per_req"], 1e-9) for c, r in results.items() if c != "none"}
 
 
 def cpu_of(pid):
@@ -234,12 +294,14 @@ def main():
     results = {}
     try:
         if os.environ.get("SKIP_CALLGRIND", "") == "":
+            callgrind_cells(work, cells, ports, results)
+        if os.environ.get("SYSCALLS", "") not in ("", "0"):
             for cell in cells:
-                (i1, a1), (i5, a5) = callgrind_run(work, cell, ports, 1000), callgrind_run(work, cell, ports, 5000)
-                per_req = (i5 - i1) / 4000
+                (s1, a1), (s5, a5) = syscalls_run(work, cell, ports, 1000), syscalls_run(work, cell, ports, 5000)
                 copies_per_req = 1.0 if cell == "builtin" else (a5 - a1) / 4000
-                results.setdefault(cell, {}).update(instr_per_req=per_req, copies_per_req=copies_per_req)
-                print(f"{cell:8} instructions per request {per_req:9.0f}  copies per request {copies_per_req:.3f}", flush=True)
+                results.setdefault(cell, {}).update(syscalls_per_req=(s5 - s1) / 4000, sc_copies_per_req=copies_per_req)
+                print(f"{cell:8} system calls per request {(s5 - s1) / 4000:6.2f}  copies per request {copies_per_req:.3f}",
+                      flush=True)
         if os.environ.get("SKIP_CPU", "") == "":
             samples = {c: [] for c in cells}
             for r in range(rounds):
@@ -258,18 +320,20 @@ def main():
         os.kill(peers.pid, signal.SIGQUIT)
         peers.wait(timeout=30)
     base = results.get("none", {})
-    print("\n| cell | instructions per copy | CPU µs per copy | req/s (ratio to none) |")
-    print("|---|---|---|---|")
+    print("\n| cell | instructions per copy | CPU µs per copy | req/s (ratio to none) | system calls per copy |")
+    print("|---|---|---|---|---|")
     for cell in cells:
         r = results[cell]
         if cell == "none":
             print(f"| none (per whole request) | {r.get('instr_per_req', 0) / 1000:.1f}k per request | "
-                  f"{r.get('cpu_per_req', 0) * 1e6:.1f} per request | {r.get('rps', 0):.0f} |")
+                  f"{r.get('cpu_per_req', 0) * 1e6:.1f} per request | {r.get('rps', 0):.0f} | "
+                  f"{r.get('syscalls_per_req', 0):.2f} per request |")
             continue
         ins = (r.get("instr_per_req", 0) - base.get("instr_per_req", 0)) / max(r.get("copies_per_req", 1), 1e-9)
         cpu = (r.get("cpu_per_req", 0) - base.get("cpu_per_req", 0)) / max(r.get("cpu_copies_per_req", 1), 1e-9)
         ratio = r.get("rps", 0) / max(base.get("rps", 1), 1)
-        print(f"| {cell} | {ins / 1000:.1f}k | {cpu * 1e6:.1f} | {r.get('rps', 0):.0f} ({ratio:.2f}×) |")
+        sc = (r.get("syscalls_per_req", 0) - base.get("syscalls_per_req", 0)) / max(r.get("sc_copies_per_req", 1), 1e-9)
+        print(f"| {cell} | {ins / 1000:.1f}k | {cpu * 1e6:.1f} | {r.get('rps', 0):.0f} ({ratio:.2f}×) | {sc:.2f} |")
     with open(os.path.join(work, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     print(f"\n(results in {work}/results.json)")
