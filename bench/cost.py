@@ -18,7 +18,9 @@ keepalive client connections (wrk). Two figures per cell:
     CELLS=none,h1,h2 ROUNDS=3 DURATION=5 python3 bench/cost.py
     SKIP_CPU=1 SKIP_CALLGRIND=1 SYSCALLS=1 CELLS=none,h1,h2-25 python3 bench/cost.py
 
-Cells: none, builtin, h1, h2, h1p (pipeline=8), file, and h1-N, h2-N, h1p-N (sample=N%).
+Cells: none, builtin, h1, h2, h1p (pipeline=8), file, file-full (/dev/full), h1-refused,
+kafka and kafka-refused (a module built with FEATURES=kafka; KAFKA=1 starts librdkafka's mock
+cluster, target/release/examples/mock_broker), and h1-N, h2-N, h1p-N (sample=N%).
 """
 
 import json
@@ -51,6 +53,13 @@ CELLS = {
     "h1p-15": "async_mirror http://127.0.0.1:{h1} sample=15%; async_mirror_http_version 1.1 pipeline=8;",
     # A capture target: request and answer records appended to a file in the front's prefix.
     "file": "async_mirror file:capture.gor;",
+    # A full disk: every write fails (ENOSPC), every copy ends failed{write}.
+    "file-full": "async_mirror file:/dev/full;",
+    # Kafka (make module FEATURES=kafka; KAFKA=1 starts librdkafka's mock cluster).
+    "kafka": "async_mirror kafka://{broker}/copies;",
+    # Dead peers: a refused port, as an HTTP mirror and as a Kafka broker.
+    "h1-refused": "async_mirror http://127.0.0.1:{refused};",
+    "kafka-refused": "async_mirror kafka://127.0.0.1:{refused}/copies;",
 }
 
 
@@ -102,7 +111,27 @@ http {{ access_log off; keepalive_requests 1000000;
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for port in ports.values():
         wait_port(port)
+    # Bound but not listening: connects are refused, and no front is given this port.
+    refused = socket.socket()
+    refused.bind(("127.0.0.1", 0))
+    ports["refused"] = refused.getsockname()[1]
+    p.refused = refused
+    ports["broker"] = "KAFKA=1 starts a broker"
+    if os.environ.get("KAFKA", "") not in ("", "0"):
+        broker = subprocess.Popen([os.path.join(ROOT, "target", "release", "examples", "mock_broker")],
+                                  stdout=subprocess.PIPE, text=True)
+        ports["broker"] = broker.stdout.readline().strip()
+        p.broker = broker
     return p, ports
+
+
+def stop_peers(peers):
+    os.kill(peers.pid, signal.SIGQUIT)
+    peers.wait(timeout=30)
+    broker = getattr(peers, "broker", None)
+    if broker:
+        broker.kill()
+        broker.wait(timeout=30)
 
 
 def front_conf(work, cell, ports, port):
@@ -241,8 +270,7 @@ def instructions_per_copy(cells):
     try:
         callgrind_cells(work, ["none"] + [c for c in cells if c != "none"], ports, results)
     finally:
-        os.kill(peers.pid, signal.SIGQUIT)
-        peers.wait(timeout=30)
+        stop_peers(peers)
     base = results["none"]["instr_per_req"]
     return {c: (r["instr_per_req"] - base) / max(r["copies_per_req"], 1e-9) for c, r in results.items() if c != "none"}
 
@@ -317,8 +345,7 @@ def main():
                     cpu_copies_per_req=statistics.median(x[1] for x in s),
                     rps=statistics.median(x[2] for x in s))
     finally:
-        os.kill(peers.pid, signal.SIGQUIT)
-        peers.wait(timeout=30)
+        stop_peers(peers)
     base = results.get("none", {})
     print("\n| cell | instructions per copy | CPU µs per copy | req/s (ratio to none) | system calls per copy |")
     print("|---|---|---|---|---|")

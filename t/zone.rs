@@ -74,7 +74,10 @@ fn a_killed_workers_gauges_are_cleared() {
     let inflight = |s: &Value| s["targets"][0]["inflight"].as_i64().unwrap_or(-1);
     // Every worker's copies are in the zone before one of them is killed.
     assert!(wait_until(Duration::from_secs(2), || inflight(&status(ng.port)) == 8));
-    let victim = ng.workers()[0];
+    // The worker to kill holds copies in flight: the kernel may have handed every client
+    // connection to one worker.
+    let victim = ng.workers().into_iter().max_by_key(|&w| connections_to(w, slow.port)).expect("a worker");
+    assert!(connections_to(victim, slow.port) > 0, "no worker holds a connection to the mirror");
     // SAFETY: killing a worker of the nginx this test started.
     unsafe { libc::kill(victim as i32, libc::SIGKILL) };
     assert!(wait_until(Duration::from_secs(5), || ng.workers().len() == 2 && !ng.workers().contains(&victim)));
@@ -99,6 +102,26 @@ fn a_killed_workers_gauges_are_cleared() {
     let log = ng.quit_allowing(&["exited on signal", "[alert]"]);
     let alerts: Vec<&str> = log.lines().filter(|l| l.contains("[alert]")).collect();
     assert!(alerts.len() == 1 && alerts[0].contains("exited on signal 9"), "only the kill: {alerts:?}");
+}
+
+/// How many of `pid`'s sockets are TCP connections to 127.0.0.1:`port` (/proc/net/tcp's
+/// remote address, matched by inode with the process's descriptors).
+fn connections_to(pid: u32, port: u16) -> usize {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_owned))
+        .collect();
+    let remote = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() > 9 && f[2] == remote && inodes.iter().any(|i| i == f[9]))
+        .count()
 }
 
 /// Two workers change one target's override at once, one pausing, one re-sampling: both

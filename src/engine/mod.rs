@@ -25,6 +25,7 @@ pub mod record;
 pub mod replay;
 pub mod report;
 mod runtime;
+mod scheduler;
 mod token_bucket;
 pub mod zone;
 

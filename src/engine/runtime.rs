@@ -6,8 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tokio::runtime::Runtime;
-
 use crate::engine::capture::Backlog;
 use crate::engine::client::{ClientSettings, Target};
 use crate::engine::compare::{EndpointCounts, MismatchLog};
@@ -18,6 +16,7 @@ use crate::engine::ids::{Table, TargetId};
 use crate::engine::outcome::{Gauges, TargetStats};
 use crate::engine::record::{Sink, start_sink};
 use crate::engine::report::CopyLog;
+use crate::engine::scheduler::Scheduler;
 
 /// Worker-wide settings from the http-level directives.
 #[derive(Debug, Clone)]
@@ -33,7 +32,7 @@ pub struct EngineSettings {
 }
 
 pub struct Engine {
-    runtime: Option<Runtime>,
+    runtime: Option<Scheduler>,
     lanes: Lanes,
     error_log: Arc<ErrorLog>,
 }
@@ -49,14 +48,8 @@ impl Engine {
         specs: &Table<TargetId, TargetSpec>,
         on_thread_start: impl Fn() + Send + Sync + 'static,
     ) -> io::Result<Engine> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(settings.threads.max(1))
-            .max_blocking_threads(1)
-            .thread_name("async-mirror")
-            .on_thread_start(on_thread_start)
-            .enable_io()
-            .enable_time()
-            .build()?;
+        let scheduler = Scheduler::start(settings.threads.max(1), on_thread_start)?;
+        let runtime = scheduler.handle();
         let error_log = Arc::new(ErrorLog::new(specs.len()));
         let logs = Logs {
             mismatch: Arc::new(MismatchLog::new(&settings.compare_logs)),
@@ -86,7 +79,7 @@ impl Engine {
             lanes.sinks.push(sink);
             runtime.spawn(lanes.add(target, Backlog::new(jobs, bytes)));
         }
-        Ok(Engine { runtime: Some(runtime), lanes, error_log })
+        Ok(Engine { runtime: Some(scheduler), lanes, error_log })
     }
 
     /// Where copies are admitted and handed to their targets.
@@ -165,7 +158,7 @@ impl Engine {
     pub fn shutdown(&mut self, limit: Duration) {
         self.lanes.close();
         if let Some(rt) = self.runtime.take() {
-            rt.shutdown_timeout(limit);
+            rt.shutdown(limit);
         }
     }
 }

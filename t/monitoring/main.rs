@@ -305,7 +305,9 @@ fn text_after<'a>(dom: &'a str, marker: &str) -> &'a str {
 fn the_html_page_renders_in_chromium_with_the_json_numbers_and_user_data_as_text() {
     let dir = out_dir("chromium");
     let (sink, candidate, primary) = (Sink::start(), json_peer(true), json_peer(false));
-    let evil = "http://127.0.0.1:1/<script>document.title='pwned'</script>";
+    // The operator's URL may hold only what a request target can (`<` cannot), but `&` and
+    // `'` are markup too; the client's data (the endpoint label) may hold anything.
+    let evil = "http://127.0.0.1:1/a&amp='pwned'";
     // One worker: the page's last mismatches are the serving worker's.
     let ng = Nginx::start("monitoring-html", 1, "", &front_conf(&sink, &candidate, &primary, evil));
     traffic(ng.port, 0..30, "<script>document.title=\"pwned\"</script>");
@@ -321,9 +323,10 @@ fn the_html_page_renders_in_chromium_with_the_json_numbers_and_user_data_as_text
         &dom[..dom.len().min(300)]
     );
     assert!(!dom.contains("<script"), "user data never becomes markup");
+    assert!(dom.contains("/a&amp;amp='pwned'"), "the evil URL is shown as text");
     assert!(
-        dom.contains("&lt;script&gt;document.title='pwned'&lt;/script&gt;"),
-        "the evil URL is shown as text"
+        dom.contains("&lt;script&gt;document.title=\"pwned\"&lt;/script&gt;"),
+        "the client's endpoint label is shown as text"
     );
     // Every target's numbers are the JSON status's.
     for t in status["targets"].as_array().unwrap() {

@@ -55,7 +55,9 @@ impl Target {
                     continue;
                 }
                 Checkout::Room(slot) => {
-                    let conn = self.connect_h1(d, slot).await;
+                    // Boxed: a new connection's handshake state is large and rare; the
+                    // copies that reuse a connection move and poll a smaller future.
+                    let conn = Box::pin(self.connect_h1(d, slot)).await;
                     drop(permit);
                     self.limits.notify.notify_waiters();
                     return settle(Box::pin(self.exchange_h1(conn?, req, d, false)).await)

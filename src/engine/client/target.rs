@@ -245,7 +245,9 @@ impl Target {
         let result = if h2 {
             // Without a body, a stream the server did not process can be sent again.
             let again = state.is_none().then(|| out.head.clone());
-            self.send_h2(req, &d, again, &now_ms).await
+            // Boxed: HTTP/2's states are larger than HTTP/1.1's, and every copy's future
+            // would be as large as the largest.
+            Box::pin(self.send_h2(req, &d, again, &now_ms)).await
         } else {
             self.send_h1(req, &d, &now_ms).await
         };

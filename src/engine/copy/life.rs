@@ -60,14 +60,16 @@ pub async fn fly(mut copy: MirrorCopy, lane: Flight, clock: Clock, logs: Logs) {
         probe: copy.is_probe(),
         keep,
     };
-    // A capture target keeps the copy as records instead of sending it.
+    // A capture target keeps the copy as records instead of sending it. What only some
+    // copies need (recording, comparing) is boxed: every copy's future stays small, and
+    // the lane moves it whole when it starts flying.
     let (outcome, resp) = match record {
-        Some(record) => (record.deliver(out, &lane.backlog, move || clock.now_ms()).await, None),
+        Some(record) => (Box::pin(record.deliver(out, &lane.backlog, move || clock.now_ms())).await, None),
         None => lane.target.deliver(out, move || clock.now_ms()).await,
     };
     let body_bytes = body_state.as_ref().map_or(0, |s| s.sent());
     if let Some(join) = landed(copy, outcome, resp, started, body_bytes, lane, logs) {
-        join.await;
+        Box::pin(join).await;
     }
 }
 

@@ -1,0 +1,84 @@
+//! The runtime's threads. With one thread (`async_mirror_threads 1`, the default) Tokio's
+//! current-thread scheduler runs on a thread of its own: a copy's wake-ups then skip the
+//! work-stealing machinery a single worker has no use for. With more, the multi-thread
+//! scheduler shares the copies between them.
+
+use std::io;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::runtime::{Builder, Handle, Runtime};
+use tokio::sync::oneshot;
+
+pub enum Scheduler {
+    Shared(Runtime),
+    /// The thread that drives a current-thread runtime until told to stop (with how long
+    /// it then gives the tasks left), or until `stop` is dropped.
+    Own {
+        handle: Handle,
+        stop: oneshot::Sender<Duration>,
+        thread: JoinHandle<()>,
+    },
+}
+
+impl Scheduler {
+    /// `on_thread_start` runs first on every thread the runtime starts.
+    ///
+    /// # Errors
+    /// When the runtime or its thread cannot be created.
+    pub fn start(
+        threads: usize,
+        on_thread_start: impl Fn() + Send + Sync + 'static,
+    ) -> io::Result<Scheduler> {
+        let on_start = Arc::new(on_thread_start);
+        let hook = {
+            let f = on_start.clone();
+            move || f()
+        };
+        if threads > 1 {
+            let rt = Builder::new_multi_thread()
+                .worker_threads(threads)
+                .max_blocking_threads(1)
+                .thread_name("async-mirror")
+                .on_thread_start(hook)
+                .enable_io()
+                .enable_time()
+                .build()?;
+            return Ok(Scheduler::Shared(rt));
+        }
+        let rt = Builder::new_current_thread()
+            .max_blocking_threads(1)
+            .thread_name("async-mirror")
+            .on_thread_start(hook)
+            .enable_io()
+            .enable_time()
+            .build()?;
+        let handle = rt.handle().clone();
+        let (stop, stopped) = oneshot::channel::<Duration>();
+        let thread = std::thread::Builder::new().name("async-mirror".into()).spawn(move || {
+            on_start();
+            let limit = rt.block_on(async { stopped.await.unwrap_or(Duration::ZERO) });
+            rt.shutdown_timeout(limit);
+        })?;
+        Ok(Scheduler::Own { handle, stop, thread })
+    }
+
+    pub fn handle(&self) -> &Handle {
+        match self {
+            Scheduler::Shared(rt) => rt.handle(),
+            Scheduler::Own { handle, .. } => handle,
+        }
+    }
+
+    /// Stops the runtime, giving its tasks up to `limit` to end; the caller waits for it.
+    pub fn shutdown(self, limit: Duration) {
+        match self {
+            Scheduler::Shared(rt) => rt.shutdown_timeout(limit),
+            Scheduler::Own { stop, thread, .. } => {
+                let _ = stop.send(limit);
+                let _ = thread.join();
+            }
+        }
+    }
+}
