@@ -4,20 +4,25 @@
 //! scheduler shares the copies between them.
 
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tokio::runtime::{Builder, Handle, Runtime};
 use tokio::sync::oneshot;
 
+/// How long past the tasks' time a stopping worker waits for the runtime's thread.
+const STUCK_GRACE: Duration = Duration::from_millis(200);
+
 pub enum Scheduler {
     Shared(Runtime),
     /// The thread that drives a current-thread runtime until told to stop (with how long
-    /// it then gives the tasks left), or until `stop` is dropped.
+    /// it then gives the tasks left), or until `stop` is dropped; it says on `done` when
+    /// the runtime is gone.
     Own {
         handle: Handle,
         stop: oneshot::Sender<Duration>,
+        done: mpsc::Receiver<()>,
         thread: JoinHandle<()>,
     },
 }
@@ -56,12 +61,14 @@ impl Scheduler {
             .build()?;
         let handle = rt.handle().clone();
         let (stop, stopped) = oneshot::channel::<Duration>();
+        let (gone, done) = mpsc::channel();
         let thread = std::thread::Builder::new().name("async-mirror".into()).spawn(move || {
             on_start();
             let limit = rt.block_on(async { stopped.await.unwrap_or(Duration::ZERO) });
             rt.shutdown_timeout(limit);
+            let _ = gone.send(());
         })?;
-        Ok(Scheduler::Own { handle, stop, thread })
+        Ok(Scheduler::Own { handle, stop, done, thread })
     }
 
     pub fn handle(&self) -> &Handle {
@@ -71,13 +78,17 @@ impl Scheduler {
         }
     }
 
-    /// Stops the runtime, giving its tasks up to `limit` to end; the caller waits for it.
+    /// Stops the runtime, giving its tasks up to `limit` to end; the caller waits for that,
+    /// and a little more for a thread stuck in a task, which is then left behind.
     pub fn shutdown(self, limit: Duration) {
         match self {
             Scheduler::Shared(rt) => rt.shutdown_timeout(limit),
-            Scheduler::Own { stop, thread, .. } => {
+            Scheduler::Own { stop, done, thread, .. } => {
                 let _ = stop.send(limit);
-                let _ = thread.join();
+                // Disconnected: the thread ended without saying so (a panic); it is gone too.
+                if done.recv_timeout(limit + STUCK_GRACE) != Err(mpsc::RecvTimeoutError::Timeout) {
+                    let _ = thread.join();
+                }
             }
         }
     }

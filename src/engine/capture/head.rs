@@ -66,18 +66,6 @@ impl RequestHead {
         if request_uri.first() != Some(&b'/') && request_uri != b"*" {
             return Err(CaptureError::Uri);
         }
-        // The request-target and every header value are copied once, into one buffer the
-        // head's parts share: a copy's head is two allocations, not one per header, and
-        // they are freed on the runtime, away from the nginx thread's allocator.
-        let mut buf =
-            Vec::with_capacity(request_uri.len() + headers.clone().map(|(_, v)| v.len()).sum::<usize>());
-        buf.extend_from_slice(request_uri);
-        headers.clone().for_each(|(_, v)| buf.extend_from_slice(v));
-        let buf = Bytes::from(buf);
-        let request_uri = buf.slice(..request_uri.len());
-        // Checked here, on the capture path, so building the request later cannot fail.
-        Uri::from_maybe_shared(request_uri.clone()).map_err(|_| CaptureError::Uri)?;
-
         let mut drop_named: Vec<&[u8]> = Vec::new();
         let mut te_trailers = false;
         for (name, value) in headers.clone() {
@@ -88,21 +76,41 @@ impl RequestHead {
                 te_trailers |= value.split(|&b| b == b',').any(|t| trim(t).eq_ignore_ascii_case(b"trailers"));
             }
         }
-        let mut map = HeaderMap::with_capacity(headers.clone().count() + edits.set.len() + 2);
+        // Left out: hop-by-hop headers, and those `async_mirror_set_header` replaces.
+        let kept = |name: &[u8]| {
+            !named(name, HOP_BY_HOP.iter().map(|h| h.as_bytes()))
+                && !named(name, drop_named.iter().copied())
+                && !named(name, edits.set.iter().map(|(n, _)| *n))
+        };
+        let scrubbed = |name: &[u8]| named(name, edits.scrub.iter().map(|s| s.as_bytes()));
+        let copied = |name: &[u8]| kept(name) && !scrubbed(name);
+        // The request-target and the values the copy keeps are copied once, into one
+        // buffer the head's parts share: a copy's head is two allocations, not one per
+        // header, freed on the runtime, away from the nginx thread's allocator. Values left
+        // out or scrubbed are never copied.
+        let values = headers.clone().filter(|(n, _)| copied(n));
+        let mut buf =
+            Vec::with_capacity(request_uri.len() + values.clone().map(|(_, v)| v.len()).sum::<usize>());
+        buf.extend_from_slice(request_uri);
+        values.for_each(|(_, v)| buf.extend_from_slice(v));
+        let buf = Bytes::from(buf);
+        let request_uri = buf.slice(..request_uri.len());
+        // Checked here, on the capture path, so building the request later cannot fail.
+        Uri::from_maybe_shared(request_uri.clone()).map_err(|_| CaptureError::Uri)?;
+
+        // A hint only: a client may send thousands of headers, which a map holds as extra
+        // values of a few names, never as that many slots.
+        let mut map = HeaderMap::with_capacity(headers.clone().count().min(64) + edits.set.len() + 2);
         let mut at = request_uri.len();
-        for (name, value) in headers {
-            let value_at = at..at + value.len();
-            at = value_at.end;
-            if HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
-                || drop_named.iter().any(|d| name.eq_ignore_ascii_case(d))
-            {
-                continue;
-            }
+        for (name, value) in headers.filter(|(n, _)| kept(n)) {
             let header = |e| CaptureError::Header(String::from_utf8_lossy(e).into_owned());
             let n = HeaderName::from_bytes(name).map_err(|_| header(name))?;
-            let v = match edits.scrub.iter().any(|s| name.eq_ignore_ascii_case(s.as_bytes())) {
-                true => HeaderValue::from_static(SCRUBBED),
-                false => HeaderValue::from_maybe_shared(buf.slice(value_at)).map_err(|_| header(name))?,
+            let v = if scrubbed(name) {
+                HeaderValue::from_static(SCRUBBED)
+            } else {
+                let value_at = at..at + value.len();
+                at = value_at.end;
+                HeaderValue::from_maybe_shared(buf.slice(value_at)).map_err(|_| header(name))?
             };
             map.append(n, v);
         }
@@ -189,6 +197,11 @@ impl RequestHead {
     }
 }
 
+/// Whether `name` is one of `names`, as header names compare.
+fn named<'a>(name: &[u8], mut names: impl Iterator<Item = &'a [u8]>) -> bool {
+    names.any(|n| name.eq_ignore_ascii_case(n))
+}
+
 fn trim(s: &[u8]) -> &[u8] {
     let start = s.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(s.len());
     let end = s.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
@@ -239,6 +252,21 @@ pub(super) mod tests {
         let req = head.to_request(&dest("http://mirror:8080/shadow", PathKind::Prefix), ()).unwrap();
         assert_eq!(req.uri(), "/shadow/p?q=1");
         assert_eq!(req.headers()["host"], "example.com");
+    }
+
+    #[test]
+    fn thousands_of_headers_are_captured_and_secrets_scrubbed() {
+        // nginx takes 32,000 one-byte HTTP/2 header references in its default budget.
+        let mut h = vec![(&b"a"[..], &b""[..]); 32_000];
+        h.push((b"Cookie", b"session=0123456789abcdef"));
+        h.push((b"Connection", b"x-hop"));
+        h.push((b"X-Hop", b"hop-value"));
+        let edits = HeaderEdits { scrub: &["cookie".to_string()], ..Default::default() };
+        let head = RequestHead::capture(b"GET", b"/p", h.iter().copied(), &edits).unwrap();
+        assert_eq!(head.headers.get_all("a").iter().count(), 32_000);
+        assert_eq!(head.headers["cookie"], SCRUBBED);
+        assert!(!head.headers.contains_key("x-hop"));
+        assert_eq!(&head.request_uri[..], b"/p");
     }
 
     #[test]
