@@ -35,11 +35,15 @@ import tempfile
 import time
 import urllib.request
 
+from bench import free_port, wait_port  # bench/bench.py, beside this file
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NGINX = os.path.join(ROOT, "build", "nginx")
 # MODULE=path: another build of the module (an older commit's, for a before/after table).
 MODULE = os.environ.get("MODULE") or os.path.join(ROOT, "build", "ngx_http_async_mirror_module.so")
 DEBIAN_NGINX = "/usr/sbin/nginx"
+# How long a peer or a front (not under a tool) may take to open its port, in seconds.
+PORT_WAIT = 30.0
 
 # cell -> (location body, copies per request expected)
 CELLS = {
@@ -73,25 +77,6 @@ def cell_body(cell):
     raise SystemExit(f"unknown cell {cell!r}: one of {', '.join(CELLS)} or h1-N, h2-N, h1p-N")
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def wait_port(port, limit=30.0):
-    deadline = time.time() + limit
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"port {port} never opened")
-
-
 def start_peers(work):
     """Debian's nginx: the backend (HTTP/1.1) and the mirror sink (HTTP/1.1 and h2c)."""
     ports = {"backend": free_port(), "h1": free_port(), "h2": free_port()}
@@ -110,7 +95,7 @@ http {{ access_log off; keepalive_requests 1000000;
     p = subprocess.Popen([DEBIAN_NGINX, "-p", d, "-c", os.path.join(d, "nginx.conf"), "-e", os.path.join(d, "logs/error.log")],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for port in ports.values():
-        wait_port(port)
+        wait_port(port, PORT_WAIT)
     # Bound but not listening: connects are refused, and no front is given this port.
     refused = socket.socket()
     refused.bind(("127.0.0.1", 0))
@@ -295,7 +280,7 @@ def cpu_run(work, cell, ports, duration):
         f.write(front_conf(d, cell, ports, port))
     p = subprocess.Popen([NGINX, "-p", d, "-c", conf, "-e", f"{d}/front-error.log"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(port)
+    wait_port(port, PORT_WAIT)
     try:
         # Warm up: connections opened, pools grown.
         subprocess.run(["wrk", "-t2", "-c8", "-d1s", f"http://127.0.0.1:{port}/c"], stdout=subprocess.DEVNULL, check=False)

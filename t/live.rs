@@ -61,11 +61,7 @@ fn slow_uploads_never_open_a_healthy_mirrors_breaker() {
         assert_eq!(c.get(&format!("/after{i}")).status, 200);
     }
     let url = sink.url();
-    let mut m = scrape(ng.port);
-    assert!(wait_until(Duration::from_secs(5), || {
-        m = scrape(ng.port);
-        copies_sum(&m, &url) == 26
-    }));
+    let m = scrape_when(ng.port, Duration::from_secs(5), "every copy ended", |m| copies_sum(m, &url) == 26);
     assert_eq!(metric(&m, COPIES, &url, "dropped:breaker_open"), 0, "{m:?}");
     assert_eq!(
         metric(&m, COPIES, &url, "failed:body_slow"),
@@ -112,11 +108,9 @@ fn a_slow_target_never_starves_its_neighbour() {
             i + 1
         );
     }
-    let mut m = scrape(ng.port);
-    assert!(wait_until(Duration::from_secs(10), || {
-        m = scrape(ng.port);
-        copies_sum(&m, &slow.url()) == 20 && copies_sum(&m, &fast.url()) == 20
-    }));
+    let m = scrape_when(ng.port, Duration::from_secs(10), "every copy ended", |m| {
+        copies_sum(m, &slow.url()) == 20 && copies_sum(m, &fast.url()) == 20
+    });
     assert_eq!(metric(&m, COPIES, &fast.url(), "ok"), 20, "{m:?}");
     assert!(metric(&m, COPIES, &slow.url(), "dropped:queue_full") > 0, "{m:?}");
     assert!(metric(&m, COPIES, &slow.url(), "dropped:queue_timeout") > 0, "{m:?}");

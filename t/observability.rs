@@ -279,14 +279,7 @@ fn status_sums_workers_and_survives_reload() {
             .iter()
             .all(|t| metric(m, attempted, t, "") == 200 && copies_sum(m, t) == 200)
     };
-    let mut m = scrape(ng.port);
-    assert!(
-        wait_until(Duration::from_secs(5), || {
-            m = scrape(ng.port);
-            settled(&m)
-        }),
-        "counters never added up: {m:?}"
-    );
+    let m = scrape_when(ng.port, Duration::from_secs(5), "counters never added up", settled);
     assert_eq!(metric(&m, "nginx_async_mirror_copies_total", &sink.url(), "ok"), 200);
     let fails = metric(&m, "nginx_async_mirror_copies_total", &refused, "failed:connect");
     let open = metric(&m, "nginx_async_mirror_copies_total", &refused, "dropped:breaker_open");
@@ -308,12 +301,8 @@ fn status_sums_workers_and_survives_reload() {
     for i in 0..10 {
         assert_eq!(get_once(ng.port, &format!("/after{i}")).unwrap().status, 200);
     }
-    assert!(
-        wait_until(Duration::from_secs(5), || {
-            m = scrape(ng.port);
-            metric(&m, attempted, &sink.url(), "") == 210 && copies_sum(&m, &sink.url()) == 210
-        }),
-        "counters lost across reload: {m:?}"
-    );
+    scrape_when(ng.port, Duration::from_secs(5), "counters lost across reload", |m| {
+        metric(m, attempted, &sink.url(), "") == 210 && copies_sum(m, &sink.url()) == 210
+    });
     ng.quit();
 }

@@ -123,26 +123,18 @@ fn pipelined_front(mirror: &str, extra: &str) -> String {
 fn pipelined_copies_arrive_whole_and_once() {
     let peer = PipePeer::start(Duration::ZERO, None);
     let ng = Nginx::start("pipeline", 1, "", &pipelined_front(&peer.url(), "async_mirror_timeout 2s;"));
-    let clients: Vec<_> = (0..4)
-        .map(|c| {
-            let port = ng.port;
-            thread::spawn(move || {
-                let mut client = Client::connect(port);
-                for i in 0..50 {
-                    let path = format!("/c{c}/{i}");
-                    let status = match i % 3 {
-                        0 => client.get(&path).status,
-                        1 => head(port, &path),
-                        _ => post(port, &path, &data(i * 61), i % 4 == 0).status,
-                    };
-                    assert_eq!(status, 200, "{path}");
-                }
-            })
-        })
-        .collect();
-    for c in clients {
-        c.join().unwrap();
-    }
+    at_once(ng.port, 4, |port, c| {
+        let mut client = Client::connect(port);
+        for i in 0..50 {
+            let path = format!("/c{c}/{i}");
+            let status = match i % 3 {
+                0 => client.get(&path).status,
+                1 => head(port, &path),
+                _ => post(port, &path, &data(i * 61), i % 4 == 0).status,
+            };
+            assert_eq!(status, 200, "{path}");
+        }
+    });
     let url = peer.url();
     assert!(wait_until(Duration::from_secs(10), || metric(&scrape(ng.port), COPIES, &url, "ok") == 200));
     let seen = peer.seen();
@@ -160,32 +152,29 @@ fn pipelined_copies_arrive_whole_and_once() {
     ng.quit();
 }
 
+/// `clients` clients of the front at `port` at once, each `client(port, its number)`;
+/// returns when all are done (a client's failed assertion fails the test).
+fn at_once(port: u16, clients: usize, client: fn(u16, usize)) {
+    let handles: Vec<_> = (0..clients).map(|c| thread::spawn(move || client(port, c))).collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+}
+
 /// The mirror ends every connection after three answers, with copies still in the pipe:
 /// those go again on the next connection, and every copy is processed exactly once.
 #[test]
 fn a_mirror_ending_connections_loses_no_pipelined_copy() {
     let peer = PipePeer::start(Duration::ZERO, Some(3));
     let ng = Nginx::start("pipeclose", 1, "", &pipelined_front(&peer.url(), "async_mirror_timeout 2s;"));
-    let clients: Vec<_> = (0..3)
-        .map(|c| {
-            let port = ng.port;
-            thread::spawn(move || {
-                let mut client = Client::connect(port);
-                for i in 0..30 {
-                    assert_eq!(client.get(&format!("/e{c}/{i}")).status, 200);
-                }
-            })
-        })
-        .collect();
-    for c in clients {
-        c.join().unwrap();
-    }
+    at_once(ng.port, 3, |port, c| {
+        let mut client = Client::connect(port);
+        for i in 0..30 {
+            assert_eq!(client.get(&format!("/e{c}/{i}")).status, 200);
+        }
+    });
     let url = peer.url();
-    let mut m = scrape(ng.port);
-    assert!(wait_until(Duration::from_secs(10), || {
-        m = scrape(ng.port);
-        copies_sum(&m, &url) == 90
-    }));
+    let m = scrape_when(ng.port, Duration::from_secs(10), "every copy ended", |m| copies_sum(m, &url) == 90);
     assert_eq!(metric(&m, COPIES, &url, "ok"), 90, "{m:?}");
     let seen = peer.seen();
     assert_eq!(seen.len(), 90, "processed once each");
@@ -217,11 +206,7 @@ fn a_slow_or_broken_pipeline_ends_every_copy_it_carried() {
     for h in handles {
         assert_eq!(h.join().unwrap(), Some(200), "the client never waits for the mirror");
     }
-    let mut m = scrape(ng.port);
-    assert!(wait_until(Duration::from_secs(5), || {
-        m = scrape(ng.port);
-        copies_sum(&m, &url) == 6
-    }));
+    let m = scrape_when(ng.port, Duration::from_secs(5), "every copy ended", |m| copies_sum(m, &url) == 6);
     assert_eq!(metric(&m, COPIES, &url, "failed:timeout"), 6, "{m:?}");
     let mut c = Client::connect(ng.port);
     for i in 0..10 {

@@ -127,12 +127,12 @@ for v in "${VERSIONS[@]}"; do
     TEST_NGINX_BINARY=${NGINX[$v]} TEST_NGINX_MODULE=${MODULE[$v]} \
         timeout "$SUITE_TIMEOUT" "$TEST_BIN" "${TESTS[@]}" >"$W/$v/test.log" 2>&1 || rc=$?
     # A failure that does not happen again when the failed tests run alone is reported as
-    # a flake with its name (the log keeps both runs); it says nothing about the version.
+    # a flake with its name (test.log keeps the first run, test-again.log the second); it
+    # says nothing about the version.
     if [ $rc != 0 ]; then
         mapfile -t failed_tests < <(sed -n 's/^test \(.*\) \.\.\. FAILED$/\1/p' "$W/$v/test.log")
         if [ ${#failed_tests[@]} -gt 0 ] && [ ${#failed_tests[@]} -le 3 ]; then
             echo "   again, alone: ${failed_tests[*]}"
-            cp "$W/$v/test.log" "$W/$v/test-first.log"
             rerun=0
             TEST_NGINX_BINARY=${NGINX[$v]} TEST_NGINX_MODULE=${MODULE[$v]} \
                 timeout "$SUITE_TIMEOUT" "$TEST_BIN" --exact "${failed_tests[@]}" >"$W/$v/test-again.log" 2>&1 || rerun=$?
@@ -155,8 +155,6 @@ for v in "${VERSIONS[@]}"; do
         RESULT[$v]="ok: $summary"
     else
         RESULT[$v]="FAILED (${summary:-exit $rc})"
-        grep -E '^test .* FAILED$|^---- ' "$W/$v/test.log" | sed 's/^/   /' | head -20
-        echo "   the log: $W/$v/test.log"
     fi
     echo "   nginx $v: ${RESULT[$v]}; build ${BUILD_S[$v]} s, tests ${TEST_S[$v]} s"
 done
@@ -194,7 +192,6 @@ echo "version mismatch: $MISMATCH"
 # CI shows only the tail of its output: what failed, and why, goes last.
 for v in "${VERSIONS[@]}"; do
     log=$W/$v/test.log
-    [ -n "${FLAKY[$v]:-}" ] && log=$W/$v/test-first.log
     [[ ${RESULT[$v]} == FAILED\ \(* || -n ${FLAKY[$v]:-} ]] && [ -f "$log" ] || continue
     echo "-- nginx $v: the failed tests and their messages ($log)"
     grep -E '^test .* FAILED$' "$log" | sed 's/^/   /' | head -10

@@ -11,6 +11,8 @@ use std::time::Duration;
 use tokio::runtime::{Builder, Handle, Runtime};
 use tokio::sync::oneshot;
 
+const THREAD_NAME: &str = "async-mirror";
+
 /// How long past the tasks' time a stopping worker waits for the runtime's thread.
 const STUCK_GRACE: Duration = Duration::from_millis(200);
 
@@ -41,28 +43,28 @@ impl Scheduler {
             let f = on_start.clone();
             move || f()
         };
-        if threads > 1 {
-            let rt = Builder::new_multi_thread()
-                .worker_threads(threads)
-                .max_blocking_threads(1)
-                .thread_name("async-mirror")
-                .on_thread_start(hook)
-                .enable_io()
-                .enable_time()
-                .build()?;
-            return Ok(Scheduler::Shared(rt));
-        }
-        let rt = Builder::new_current_thread()
+        let shared = threads > 1;
+        let mut builder = if shared {
+            let mut b = Builder::new_multi_thread();
+            b.worker_threads(threads);
+            b
+        } else {
+            Builder::new_current_thread()
+        };
+        let rt = builder
             .max_blocking_threads(1)
-            .thread_name("async-mirror")
+            .thread_name(THREAD_NAME)
             .on_thread_start(hook)
             .enable_io()
             .enable_time()
             .build()?;
+        if shared {
+            return Ok(Scheduler::Shared(rt));
+        }
         let handle = rt.handle().clone();
         let (stop, stopped) = oneshot::channel::<Duration>();
         let (gone, done) = mpsc::channel();
-        let thread = std::thread::Builder::new().name("async-mirror".into()).spawn(move || {
+        let thread = std::thread::Builder::new().name(THREAD_NAME.into()).spawn(move || {
             on_start();
             let limit = rt.block_on(async { stopped.await.unwrap_or(Duration::ZERO) });
             rt.shutdown_timeout(limit);

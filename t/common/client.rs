@@ -132,6 +132,23 @@ pub fn scrape(port: u16) -> Metrics {
     m
 }
 
+/// The status page once `cond` holds of it, read again until `limit` passes (with
+/// `wait_until`'s patience); panics with `what` and the last page read if it never does.
+pub fn scrape_when(
+    port: u16,
+    limit: Duration,
+    what: &str,
+    mut cond: impl FnMut(&Metrics) -> bool,
+) -> Metrics {
+    let mut m = scrape(port);
+    let held = super::wait_until(limit, || {
+        m = scrape(port);
+        cond(&m)
+    });
+    assert!(held, "{what}: {m:?}");
+    m
+}
+
 pub fn metric(m: &Metrics, name: &str, target: &str, kind: &str) -> u64 {
     m.get(&(name.to_string(), target.to_string(), kind.to_string())).copied().unwrap_or(0.0) as u64
 }
