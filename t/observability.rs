@@ -2,7 +2,6 @@
 //! graceful drain and reloads under load.
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
@@ -86,7 +85,7 @@ struct Flaky {
 
 impl Flaky {
     fn start() -> Flaky {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let l = local_listener();
         let port = l.local_addr().unwrap().port();
         let attempts = Arc::new(AtomicUsize::new(0));
         let healthy = Arc::new(AtomicBool::new(false));

@@ -1,7 +1,6 @@
 //! https:// targets: rustls client, SNI, verification settings, keepalive.
 
 use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -49,7 +48,7 @@ impl TlsSink {
         };
         let config = builder.with_single_cert(vec![der], key).unwrap();
         let config = Arc::new(config);
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = local_listener();
         let port = listener.local_addr().unwrap().port();
         let got = Arc::new(Mutex::new(Vec::new()));
         let snis = Arc::new(Mutex::new(Vec::new()));

@@ -2,7 +2,7 @@
 //! Debian no toxiproxy, so the faults are made here. Modes switch while traffic flows.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
@@ -49,7 +49,7 @@ pub struct FaultProxy {
 impl FaultProxy {
     /// A proxy on a free port of 127.0.0.1 to `upstream` on 127.0.0.1.
     pub fn start(upstream: u16) -> FaultProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = super::local_listener();
         // A short accept queue: while partitioned, connects beyond it hang.
         // SAFETY: re-listening on our own socket only changes its backlog.
         assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 1) }, 0);

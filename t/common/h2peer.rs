@@ -36,7 +36,7 @@ pub struct H2Peer {
 impl H2Peer {
     pub fn start(opts: H2Options) -> H2Peer {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = super::local_listener();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
         let got = Arc::new(Mutex::new(Vec::new()));

@@ -69,15 +69,35 @@ fn run_as() -> &'static str {
 /// before: the kernel may give a released port again at once, and a front and its backend
 /// on the same port make nginx answer from the wrong server.
 pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-        if !given.contains(&port) {
-            given.push(port);
+        if claim(port) {
             return port;
         }
     }
+}
+
+/// A listener on 127.0.0.1, on a port this test process never handed out before: a port
+/// given to an nginx or as a refused port must not become a peer's (a refused target
+/// would then hang on another test's black hole, and its connects count there).
+pub fn local_listener() -> TcpListener {
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        if claim(listener.local_addr().unwrap().port()) {
+            return listener;
+        }
+    }
+}
+
+/// Records `port` as handed out; false if it already was.
+fn claim(port: u16) -> bool {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let new = !given.contains(&port);
+    if new {
+        given.push(port);
+    }
+    new
 }
 
 /// `TEST_NGINX_VALGRIND=1` (`make test-valgrind`): nginx runs under valgrind's memcheck,

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::{free_port, wait_until};
+use super::{free_port, local_listener, wait_until};
 
 #[derive(Debug, Clone)]
 pub struct Recorded {
@@ -52,16 +52,16 @@ impl Sink {
     pub fn answering(
         respond: impl Fn(&Recorded) -> Vec<(Duration, Vec<u8>)> + Send + Sync + 'static,
     ) -> Sink {
-        Self::bound("127.0.0.1:0", Arc::new(respond))
+        Self::bound(local_listener(), Arc::new(respond))
     }
 
     /// A sink answering `200 ok` on `addr` (any address of 127.0.0.0/8, a chosen port).
     pub fn on(addr: &str) -> Sink {
-        Self::bound(addr, Arc::new(|_| vec![(Duration::ZERO, reply(200, &[], b"ok", false))]))
+        let listener = TcpListener::bind(addr).unwrap();
+        Self::bound(listener, Arc::new(|_| vec![(Duration::ZERO, reply(200, &[], b"ok", false))]))
     }
 
-    fn bound(addr: &str, respond: Respond) -> Sink {
-        let listener = TcpListener::bind(addr).unwrap();
+    fn bound(listener: TcpListener, respond: Respond) -> Sink {
         let port = listener.local_addr().unwrap().port();
         let got = Arc::new(Mutex::new(Vec::new()));
         let conns = Arc::new(AtomicUsize::new(0));
@@ -242,7 +242,7 @@ pub struct BlackHole {
 impl BlackHole {
     pub fn start() -> BlackHole {
         use std::os::fd::AsRawFd;
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = local_listener();
         // SAFETY: re-listening on our own socket only shrinks its backlog.
         assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
         let addr: SocketAddr = listener.local_addr().unwrap();
