@@ -2,9 +2,13 @@
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
-use http::{HeaderMap, Method, Request, Uri};
+use http::{HeaderMap, Method, Uri};
 
+use crate::engine::config::defaults::MARK_HEADER;
 use crate::engine::config::{Dest, PathKind};
+
+/// [`MARK_HEADER`] as a header name, for every copy's loop guard.
+static MARK: HeaderName = HeaderName::from_static("x-async-mirror");
 
 /// Headers that describe one connection, not the request (RFC 9110 §7.6.1), plus
 /// the legacy `Proxy-Connection`; never forwarded to a mirror.
@@ -127,7 +131,13 @@ impl RequestHead {
             map.insert(http::header::HOST, v);
         }
         if let Some(mark) = edits.mark {
-            let n = HeaderName::from_bytes(mark).map_err(|_| CaptureError::Header("mark".into()))?;
+            // The default name is parsed once, not per request (a name hyper does not
+            // know is an allocation).
+            let n = if mark.eq_ignore_ascii_case(MARK_HEADER.as_bytes()) {
+                MARK.clone()
+            } else {
+                HeaderName::from_bytes(mark).map_err(|_| CaptureError::Header("mark".into()))?
+            };
             map.insert(n, HeaderValue::from_static("1"));
         }
         Ok(RequestHead { method, request_uri, headers: map, te_trailers })
@@ -137,47 +147,6 @@ impl RequestHead {
     pub fn weight(&self) -> usize {
         let headers: usize = self.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 32).sum();
         std::mem::size_of::<Self>() + self.request_uri.len() + headers
-    }
-
-    /// The copy for one destination: its prefix + `$request_uri` (or its whole request
-    /// target), `Host` kept (or the destination's authority). Both parts were checked
-    /// when they were captured and configured; `None` if they still make no request
-    /// target (the copy is then not sent anywhere else).
-    pub fn to_request<B>(&self, dest: &Dest, body: B) -> Option<Request<B>> {
-        let uri = Uri::from_maybe_shared(self.path(dest)).ok()?;
-        let mut req = Request::new(body);
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = uri;
-        *req.headers_mut() = self.headers.clone();
-        if !req.headers().contains_key(http::header::HOST) {
-            if let Ok(v) = HeaderValue::from_str(&dest.authority) {
-                req.headers_mut().insert(http::header::HOST, v);
-            }
-        }
-        Some(req)
-    }
-
-    /// The copy as an HTTP/2 request: the client's `Host` (or the destination's authority)
-    /// becomes `:authority`, and `te: trailers` is kept when the client sent it.
-    pub fn to_h2_request<B>(&self, dest: &Dest, body: B) -> Option<Request<B>> {
-        let mut req = self.to_request(dest, body)?;
-        let host = req.headers_mut().remove(http::header::HOST);
-        let authority = host
-            .as_ref()
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.parse::<http::uri::Authority>().ok())
-            .or_else(|| dest.authority.parse().ok());
-        let mut parts = std::mem::take(req.uri_mut()).into_parts();
-        parts.scheme = Some(if dest.url.https { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP });
-        parts.authority = authority;
-        if let Ok(uri) = Uri::from_parts(parts) {
-            *req.uri_mut() = uri;
-        }
-        *req.version_mut() = http::Version::HTTP_2;
-        if self.te_trailers {
-            req.headers_mut().insert(http::header::TE, HeaderValue::from_static("trailers"));
-        }
-        Some(req)
     }
 
     pub(super) fn path(&self, dest: &Dest) -> Bytes {
@@ -231,6 +200,11 @@ pub(super) mod tests {
         list: &[(&'static str, &'static str)],
     ) -> Vec<(&'static [u8], &'static [u8])> {
         list.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())).collect()
+    }
+
+    #[test]
+    fn the_parsed_mark_is_the_default_mark() {
+        assert_eq!(MARK.as_str(), MARK_HEADER.to_ascii_lowercase());
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod backlog;
 mod body;
 mod h1_form;
 mod head;
+mod request_form;
 
 pub use backlog::{Backlog, Charge, Reservation};
 pub use body::{BodyAbort, BodyRx, BodyTx, CopyBody, channel as body_channel, empty as empty_body};

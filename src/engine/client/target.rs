@@ -87,7 +87,9 @@ pub struct CopyOptions {
 
 /// One copy as the client sends it.
 pub struct Outgoing<'a> {
-    pub head: &'a Arc<RequestHead>,
+    /// Over HTTP/1.1 its header map goes into the request when nothing else holds the
+    /// head; afterwards the copy reads only its method and request target.
+    pub head: &'a mut Arc<RequestHead>,
     /// For a URL with variables: where this copy goes.
     pub dest: Option<&'a crate::engine::config::Dest>,
     pub body: Option<BodyRx>,
@@ -239,7 +241,11 @@ impl Target {
         let deadline = Instant::now() + opts.timeout;
         let d = Delivery { dest, key, opts, probe: out.probe, deadline, keep: out.keep, at };
         let h2 = self.h2.is_some() && !self.h1_only.load(Ordering::Relaxed);
-        let req = if h2 { out.head.to_h2_request(dest, body) } else { out.head.to_request(dest, body) };
+        let req = if h2 {
+            out.head.to_h2_request(dest, body)
+        } else {
+            RequestHead::take_request(out.head, dest, body)
+        };
         // Never sent anywhere but where the copy means to go.
         let Some(req) = req else { return (Outcome::Skipped, None) };
         let result = if h2 {

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 
 use super::admission::MirrorCopy;
 use super::inbox::Inbox;
@@ -57,7 +57,8 @@ pub async fn run(lane: Flight, inbox: Arc<Inbox>, clock: Clock, logs: Logs) {
                             continue;
                         }
                     }
-                    flying.push(life::fly(copy, lane.clone(), clock, logs.clone()));
+                    // Boxed here, so the set moves a pointer rather than the whole future.
+                    flying.push(Box::pin(life::fly(copy, lane.clone(), clock, logs.clone())));
                 }
                 // The breaker opened while it waited.
                 None => life::refused(log, Outcome::Dropped(DropReason::BreakerOpen), &target, &logs),
@@ -70,7 +71,10 @@ pub async fn run(lane: Flight, inbox: Arc<Inbox>, clock: Clock, logs: Logs) {
         let expiry = waiting.front().map(|c| c.queued_at + c.opts.timeout);
         tokio::select! {
             () = inbox.wait() => {}
-            Some(()) = flying.next(), if !flying.is_empty() => {}
+            Some(()) = flying.next(), if !flying.is_empty() => {
+                // Every copy that ended in this wake-up, before the loop looks at the backlog again.
+                while let Some(Some(())) = flying.next().now_or_never() {}
+            }
             () = target.room_freed(), if !waiting.is_empty() => {}
             () = tokio::time::sleep_until(expiry.unwrap_or_else(std::time::Instant::now).into()), if expiry.is_some() => {}
             _ = sweep.tick() => target.sweep(),

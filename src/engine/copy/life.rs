@@ -52,12 +52,13 @@ pub async fn fly(mut copy: MirrorCopy, lane: Flight, clock: Clock, logs: Logs) {
     let keep = keep_for(&copy, &lane);
     let body_state = copy.body.as_ref().map(|b| b.state.clone());
     let record = copy.record.take();
+    let probe = copy.is_probe();
     let out = Outgoing {
-        head: &copy.head,
+        head: &mut copy.head,
         dest: copy.dest.as_ref(),
         body: copy.body.take(),
         opts: copy.opts,
-        probe: copy.is_probe(),
+        probe,
         keep,
     };
     // A capture target keeps the copy as records instead of sending it. What only some
