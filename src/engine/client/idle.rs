@@ -2,6 +2,7 @@
 //! newest first, within the target's [`Limits`]. Generic over the connection so that
 //! the rules are unit-tested with a fake one.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,41 @@ pub struct IdlePool<C> {
     idle: Mutex<Vec<Idle<C>>>,
     limits: Arc<Limits>,
     keepalive: Duration,
+    /// Recent exchange time, for how long a copy waits before another connection opens.
+    exchange: ExchangeTime,
+}
+
+/// How long exchanges on a target's connections take lately (a moving average).
+///
+/// A copy that finds every connection busy waits for one to come back before it opens
+/// another. With N busy connections one comes back every exchange time / N, so a copy
+/// that has waited a whole exchange time means the connections cannot keep up, and only
+/// then does another open (Little's law: connections = rate × exchange time). A fast
+/// mirror is served by a few busy connections, a 20 ms one by as many as it needs.
+#[derive(Default)]
+pub struct ExchangeTime(AtomicU64);
+
+impl ExchangeTime {
+    /// The least wait. A runtime thread that shares busy cores can be off the CPU for a
+    /// scheduler time slice (several milliseconds); a shorter wait would take that for
+    /// connections that cannot keep up, and open one for every copy that arrived meanwhile.
+    pub const MIN: Duration = Duration::from_millis(5);
+    /// The most: a slow or stuck mirror never makes copies wait longer than this for a
+    /// connection that would be free to open.
+    pub const MAX: Duration = Duration::from_millis(50);
+
+    /// One exchange's time joins the average (weight 1/8).
+    pub fn record(&self, took: Duration) {
+        let sample = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let old = self.0.load(Ordering::Relaxed);
+        let new = if old == 0 { sample } else { old - old / 8 + sample / 8 };
+        self.0.store(new.max(1), Ordering::Relaxed);
+    }
+
+    /// How long a copy waits for a busy connection before it opens another.
+    pub fn grow_after(&self) -> Duration {
+        Duration::from_micros(self.0.load(Ordering::Relaxed)).clamp(Self::MIN, Self::MAX)
+    }
 }
 
 /// What a copy gets from the pool.
@@ -45,7 +81,12 @@ pub enum Checkout<C> {
 
 impl<C: Connection> IdlePool<C> {
     pub fn new(limits: Arc<Limits>, keepalive: Duration) -> IdlePool<C> {
-        IdlePool { idle: Mutex::new(Vec::new()), limits, keepalive }
+        IdlePool { idle: Mutex::new(Vec::new()), limits, keepalive, exchange: ExchangeTime::default() }
+    }
+
+    /// Recent exchange time on this pool's connections.
+    pub fn exchange_time(&self) -> &ExchangeTime {
+        &self.exchange
     }
 
     /// An idle connection to `key`, or (when `may_open`) room for a new one. At the cap,
@@ -131,6 +172,23 @@ mod tests {
         let Checkout::Room(slot) = pool.checkout(k, true) else { panic!("no room") };
         let closed = Arc::new(AtomicBool::new(false));
         (IdlePool::attach(Fake(closed.clone()), k.clone(), slot), closed)
+    }
+
+    #[test]
+    fn a_copy_waits_about_one_exchange_before_another_connection_opens() {
+        let t = ExchangeTime::default();
+        assert_eq!(t.grow_after(), ExchangeTime::MIN, "nothing measured yet");
+        t.record(Duration::from_micros(200));
+        assert_eq!(t.grow_after(), ExchangeTime::MIN, "a fast mirror: the least wait");
+        for _ in 0..64 {
+            t.record(Duration::from_millis(20));
+        }
+        let w = t.grow_after();
+        assert!(w > Duration::from_millis(19) && w <= Duration::from_millis(20), "{w:?}");
+        for _ in 0..64 {
+            t.record(Duration::from_secs(5));
+        }
+        assert_eq!(t.grow_after(), ExchangeTime::MAX, "a stuck mirror: the most");
     }
 
     #[test]

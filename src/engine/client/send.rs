@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::connect::{self, Alpn};
 use super::http1::{self, ExchangeError};
@@ -16,9 +16,6 @@ use super::target::{Delivery, Miss, Target, Waiter};
 use crate::engine::capture::{CopyBody, RequestHead, empty_body};
 use crate::engine::outcome::{FailReason, Failure};
 
-/// How long a copy waits for a busy HTTP/1.1 connection before another is opened.
-const GROW_AFTER: Duration = Duration::from_millis(1);
-
 impl Target {
     pub(super) async fn send_h1(
         &self,
@@ -29,11 +26,15 @@ impl Target {
         // After a pooled connection turned out closed, the copy goes out on a fresh one.
         let mut fresh_only = false;
         let mut waiter: Option<Waiter<'_>> = None;
-        // Connections by need (Little's law): another one opens only for a copy that has
-        // waited for one, so a fast mirror is served by a few busy connections.
+        // Connections by need: another one opens only for a copy that has waited about as
+        // long as an exchange takes (see `ExchangeTime`).
         let started = Instant::now();
+        let grow_after = self.h1.exchange_time().grow_after();
         loop {
-            let waited = started.elapsed() >= GROW_AFTER || self.limits.open() == 0 || fresh_only;
+            // The clock is read again only once the copy has waited.
+            let waited = fresh_only
+                || self.limits.open() == 0
+                || (waiter.is_some() && started.elapsed() >= grow_after);
             // Leave to connect first: a place for a connection is only taken to use it.
             let permit = if waited { self.limits.try_connect() } else { None };
             match self.h1.checkout(&d.key, permit.is_some()) {
@@ -41,7 +42,8 @@ impl Target {
                     drop(permit);
                     // A pooled connection the mirror closed meanwhile fails before anything is
                     // sent; hyper hands the request back.
-                    match Box::pin(self.exchange_h1(conn, req, d, true)).await {
+                    let began = if waiter.is_none() { started } else { Instant::now() };
+                    match Box::pin(self.exchange_h1(conn, req, d, true, began)).await {
                         Err(ExchangeError::Stale(back)) => {
                             req = *back;
                             fresh_only = true;
@@ -60,7 +62,7 @@ impl Target {
                     let conn = Box::pin(self.connect_h1(d, slot)).await;
                     drop(permit);
                     self.limits.notify.notify_waiters();
-                    return settle(Box::pin(self.exchange_h1(conn?, req, d, false)).await)
+                    return settle(Box::pin(self.exchange_h1(conn?, req, d, false, Instant::now())).await)
                         .map_err(Miss::from);
                 }
                 Checkout::Full => drop(permit),
@@ -70,7 +72,11 @@ impl Target {
                 Some(mut n) if !waited => {
                     // Until a connection comes back, or the copy has waited long enough
                     // to open one.
-                    let _ = tokio::time::timeout_at((started + GROW_AFTER).into(), n.as_mut()).await;
+                    if tokio::time::timeout_at((started + grow_after).into(), n.as_mut()).await.is_err() {
+                        // Answers that arrived in the same turn of the runtime check their
+                        // connections in first.
+                        tokio::task::yield_now().await;
+                    }
                 }
                 Some(mut n) => self.wait(n.as_mut(), d, now_ms).await?,
             }
@@ -93,8 +99,10 @@ impl Target {
         req: http::Request<CopyBody>,
         d: &Delivery<'_>,
         reused: bool,
+        began: Instant,
     ) -> Result<MirrorResponse, ExchangeError> {
         let (mut resp, reusable) = http1::exchange(&mut conn.conn, req, d.opts.timeout, &d.keep).await?;
+        self.h1.exchange_time().record(began.elapsed());
         resp.reused = reused;
         if reusable {
             self.h1.checkin(conn);
@@ -132,8 +140,10 @@ impl Target {
                             // The server chose HTTP/1.1 in ALPN: this and later copies use it.
                             Connected::H1(conn) => {
                                 let req = copy_as_h1(req);
-                                return settle(Box::pin(self.exchange_h1(conn, req, d, false)).await)
-                                    .map_err(Miss::from);
+                                return settle(
+                                    Box::pin(self.exchange_h1(conn, req, d, false, Instant::now())).await,
+                                )
+                                .map_err(Miss::from);
                             }
                         }
                     }
