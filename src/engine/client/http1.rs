@@ -1,11 +1,11 @@
 //! The HTTP/1.1 exchange: one request in flight per connection.
 
-use std::time::Duration;
+use std::time::Instant;
 
 use hyper::Request;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use tokio::time::timeout;
+use tokio::time::timeout_at;
 
 use super::connect::{Stream, exchange_failure};
 use super::idle::Connection;
@@ -44,7 +44,7 @@ pub enum ExchangeError {
     Failed(Failure),
 }
 
-/// Sends `req` and reads the whole response within `limit`, keeping `keep` body bytes.
+/// Sends `req` and reads the whole response by `deadline`, keeping `keep` body bytes.
 /// `Ok` carries whether the connection can take another request.
 ///
 /// # Errors
@@ -52,7 +52,7 @@ pub enum ExchangeError {
 pub async fn exchange(
     conn: &mut Conn,
     req: Request<CopyBody>,
-    limit: Duration,
+    deadline: Instant,
     keep: &Keep,
 ) -> Result<(MirrorResponse, bool), ExchangeError> {
     let work = async {
@@ -69,7 +69,7 @@ pub async fn exchange(
             .map_err(|e| ExchangeError::Failed(exchange_failure(&e)))?;
         Ok((resp, conn.0.ready().await.is_ok()))
     };
-    match timeout(limit, work).await {
+    match timeout_at(deadline.into(), work).await {
         Ok(r) => r,
         Err(_) => Err(ExchangeError::Failed(Failure::new(FailReason::Timeout, "mirror timed out"))),
     }

@@ -28,7 +28,7 @@ impl Target {
         let mut waiter: Option<Waiter<'_>> = None;
         // Connections by need: another one opens only for a copy that has waited about as
         // long as an exchange takes (see `ExchangeTime`).
-        let started = Instant::now();
+        let started = d.departed;
         let grow_after = self.h1.exchange_time().grow_after();
         loop {
             // The clock is read again only once the copy has waited.
@@ -101,7 +101,8 @@ impl Target {
         reused: bool,
         began: Instant,
     ) -> Result<MirrorResponse, ExchangeError> {
-        let (mut resp, reusable) = http1::exchange(&mut conn.conn, req, d.opts.timeout, &d.keep).await?;
+        let (mut resp, reusable) =
+            http1::exchange(&mut conn.conn, req, began + d.opts.timeout, &d.keep).await?;
         self.h1.exchange_time().record(began.elapsed());
         resp.reused = reused;
         if reusable {

@@ -98,6 +98,9 @@ pub struct Outgoing<'a> {
     pub probe: bool,
     /// How much of the answer's body to keep, charged to what budget.
     pub keep: Keep,
+    /// When it left the backlog: its time limit runs from here (one clock read serves
+    /// the whole delivery).
+    pub departed: Instant,
 }
 
 /// What a delivery needs besides the request.
@@ -107,6 +110,7 @@ pub(super) struct Delivery<'a> {
     pub(super) opts: CopyOptions,
     pub(super) probe: bool,
     pub(super) deadline: Instant,
+    pub(super) departed: Instant,
     /// Response body bytes to keep (for comparison).
     pub(super) keep: Keep,
     /// `resolve=`: the address picked for this copy.
@@ -238,8 +242,8 @@ impl Target {
                 }
             },
         };
-        let deadline = Instant::now() + opts.timeout;
-        let d = Delivery { dest, key, opts, probe: out.probe, deadline, keep: out.keep, at };
+        let (departed, deadline) = (out.departed, out.departed + opts.timeout);
+        let d = Delivery { dest, key, opts, probe: out.probe, deadline, departed, keep: out.keep, at };
         let h2 = self.h2.is_some() && !self.h1_only.load(Ordering::Relaxed);
         let req = if h2 {
             out.head.to_h2_request(dest, body)

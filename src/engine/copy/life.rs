@@ -60,6 +60,7 @@ pub async fn fly(mut copy: MirrorCopy, lane: Flight, clock: Clock, logs: Logs) {
         opts: copy.opts,
         probe,
         keep,
+        departed: started,
     };
     // A capture target keeps the copy as records instead of sending it. What only some
     // copies need (recording, comparing) is boxed: every copy's future stays small, and
