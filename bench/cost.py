@@ -17,6 +17,7 @@ keepalive client connections (wrk). Two figures per cell:
     python3 bench/cost.py                       # every cell
     CELLS=none,h1,h2 ROUNDS=3 DURATION=5 python3 bench/cost.py
     SKIP_CPU=1 SKIP_CALLGRIND=1 SYSCALLS=1 CELLS=none,h1,h2-25 python3 bench/cost.py
+    SKIP_CPU=1 CG_ROUNDS=3 CELLS=none,h1,h1-15 python3 bench/cost.py   # median of three
 
 Cells: none, builtin, h1, h2, h1p (pipeline=8), file, file-full (/dev/full), h1-refused,
 kafka and kafka-refused (a module built with FEATURES=kafka; KAFKA=1 starts librdkafka's mock
@@ -189,10 +190,10 @@ def settle(port, limit=30.0):
         time.sleep(0.1)
 
 
-def callgrind_run(work, cell, ports, n):
-    d = os.path.join(work, f"cg-{cell}-{n}")
-    return traced_run(d, cell, ports, n, ["valgrind", "--tool=callgrind", "--separate-threads=yes",
-                                          f"--callgrind-out-file={d}/cg.out"], summed_instructions)
+def callgrind_run(work, tag, ports, n, cell=None):
+    d = os.path.join(work, f"cg-{tag}-{n}")
+    return traced_run(d, cell or tag, ports, n, ["valgrind", "--tool=callgrind", "--separate-threads=yes",
+                                                 f"--callgrind-out-file={d}/cg.out"], summed_instructions)
 
 
 def summed_instructions(d):
@@ -242,13 +243,24 @@ def traced_run(d, cell, ports, n, tool, count):
 
 
 def callgrind_cells(work, cells, ports, results):
-    """Instructions per request and copies per request of each cell, into `results`."""
+    """Instructions per request and copies per request of each cell, into `results`.
+
+    CG_ROUNDS=N runs each cell N times and keeps the median: how copies share the runtime's
+    wake-ups depends on timing even under callgrind, so single runs of the cells with a
+    mirror move by a few hundred instructions per copy (sampled cells by a few thousand)."""
+    rounds = int(os.environ.get("CG_ROUNDS", 1))
     for cell in cells:
-        (i1, a1), (i5, a5) = callgrind_run(work, cell, ports, 1000), callgrind_run(work, cell, ports, 5000)
-        per_req = (i5 - i1) / 4000
-        copies_per_req = 1.0 if cell == "builtin" else (a5 - a1) / 4000
-        results.setdefault(cell, {}).update(instr_per_req=per_req, copies_per_req=copies_per_req)
-        print(f"{cell:8} instructions per request {per_req:9.0f}  copies per request {copies_per_req:.3f}",
+        runs = []
+        for k in range(rounds):
+            tag = f"{cell}-r{k}" if rounds > 1 else cell
+            (i1, a1), (i5, a5) = callgrind_run(work, tag, ports, 1000, cell), callgrind_run(work, tag, ports, 5000, cell)
+            copies_per_req = 1.0 if cell == "builtin" else (a5 - a1) / 4000
+            runs.append(((i5 - i1) / 4000, copies_per_req))
+        per_req, copies_per_req = sorted(runs)[len(runs) // 2]
+        results.setdefault(cell, {}).update(instr_per_req=per_req, copies_per_req=copies_per_req,
+                                            instr_runs=[r[0] for r in runs])
+        print(f"{cell:8} instructions per request {per_req:9.0f}  copies per request {copies_per_req:.3f}"
+              + (f"  (runs: {', '.join(f'{r[0]:.0f}' for r in runs)})" if rounds > 1 else ""),
               file=sys.stderr, flush=True)
 
 

@@ -101,8 +101,10 @@ pub struct RequestCopies {
     /// Body bytes seen so far, and the size up to which copies wait for the whole body.
     body_seen: u64,
     body_buffer_size: u64,
-    /// The primary's answer as the response filters capture it (comparison on).
-    primary: Option<PrimaryCapture>,
+    /// The primary's answer as the response filters capture it (comparison on). Boxed:
+    /// the context lives in the request's pool, and a small one leaves the pool's block
+    /// room for what nginx allocates after it.
+    primary: Option<Box<PrimaryCapture>>,
     /// Copies that wait on the nginx thread before they go to their lanes.
     waiting: Vec<Waiting>,
     held_statuses: Vec<(u16, u16)>,
@@ -215,8 +217,8 @@ impl RequestCopies {
                 copy.finish(Outcome::Skipped);
                 return refused(Outcome::Skipped);
             };
-            if r.1.is_some() {
-                self.primary = r.1;
+            if let Some(p) = r.1 {
+                self.primary = Some(Box::new(p));
             }
             copy.record = Some(r.0);
         } else if let Some(settings) = d.loc.compare {
@@ -226,8 +228,8 @@ impl RequestCopies {
             let Some(backlog) = lanes.backlog(route.target) else { return Fate::Ended(Outcome::Skipped) };
             let (part, capture) = comparison.part(backlog, route.baseline);
             copy.compare = Some(part);
-            if capture.is_some() {
-                self.primary = capture;
+            if let Some(p) = capture {
+                self.primary = Some(Box::new(p));
             }
         }
         // A body that fits the buffer is sent once complete (chunked ones until they outgrow it).
@@ -304,7 +306,7 @@ impl RequestCopies {
 
     /// The primary's answer being captured, when the request is compared.
     pub fn primary(&mut self) -> Option<&mut PrimaryCapture> {
-        self.primary.as_mut()
+        self.primary.as_deref_mut()
     }
 
     /// Whether copies wait for the primary's status.
