@@ -1,5 +1,6 @@
 //! Capacity: the HTTP/1.1 pool grows to `async_mirror_max_connections` and shrinks,
-//! connects in progress stay capped, and HTTP/2 multiplexes copies (h2c, several
+//! connects in progress stay capped, a copy waiting for a busy connection is never sent
+//! late, and HTTP/2 multiplexes copies (h2c, several
 //! connections at the server's stream limit, GOAWAY, refused streams, ALPN fallback,
 //! bodies, gRPC).
 
@@ -224,4 +225,35 @@ fn grpc_calls_are_copied_over_http2() {
     assert_eq!(backend.count(), 1);
     let t = &exit_counters(&ng.quit())[&url];
     assert_eq!(t["ok"], 1, "grpc-status travels in trailers; the copy counts by HTTP status: {t:?}");
+}
+
+/// Over HTTP/1.1 a copy that finds the connection busy waits about as long as exchanges
+/// with the target take (here the most, 50 ms) before another opens, but never past its
+/// own `async_mirror_timeout`: a copy with 30 ms ends `failed{timeout}` unsent, never sent
+/// late on a new connection.
+#[test]
+fn a_copy_waiting_for_a_connection_is_never_sent_late() {
+    let sink = Sink::with_delay(Duration::from_millis(300));
+    let url = sink.url();
+    let locations = format!(
+        "location /long {{ async_mirror {url}; async_mirror_timeout 5s; {PROXY} }}
+         location /short {{ async_mirror {url}; async_mirror_timeout 30ms; {PROXY} }}"
+    );
+    let ng = Nginx::start("late", 1, "", &front(&locations, ""));
+    let mut c = Client::connect(ng.port);
+    // Three exchanges of 300 ms, one after another, on one connection.
+    for i in 0..3 {
+        assert_eq!(c.get(&format!("/long{i}")).status, 200);
+        assert!(settled(&ng, &url, i + 1));
+    }
+    // The connection is busy with a fourth when the short copy comes.
+    assert_eq!(c.get("/long-busy").status, 200);
+    assert!(sink.wait_for(4, Duration::from_secs(5)));
+    assert_eq!(c.get("/short").status, 200);
+    assert!(settled(&ng, &url, 5));
+    let uris: Vec<String> = sink.requests().iter().map(|r| r.uri.clone()).collect();
+    assert!(!uris.iter().any(|u| u.starts_with("/short")), "sent after its time ran out: {uris:?}");
+    let log = ng.quit();
+    let t = &exit_counters(&log)[&url];
+    assert_eq!((t["ok"], t["failed_timeout"], t["connections_opened"]), (4, 1, 1), "{t:?}");
 }

@@ -54,6 +54,9 @@ impl ExchangeTime {
     /// The most: a slow or stuck mirror never makes copies wait longer than this for a
     /// connection that would be free to open.
     pub const MAX: Duration = Duration::from_millis(50);
+    /// The wait of a target that pools per address (its addresses' exchanges are not
+    /// averaged apart).
+    pub const MIN_SHARED: Duration = Duration::from_millis(1);
 
     /// One exchange's time joins the average (weight 1/8).
     pub fn record(&self, took: Duration) {

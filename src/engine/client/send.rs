@@ -9,7 +9,7 @@ use std::time::Instant;
 use super::connect::{self, Alpn};
 use super::http1::{self, ExchangeError};
 use super::http2;
-use super::idle::{Checkout, IdlePool, Pooled};
+use super::idle::{Checkout, ExchangeTime, IdlePool, Pooled};
 use super::limits::ConnSlot;
 use super::response::MirrorResponse;
 use super::target::{Delivery, Miss, Target, Waiter};
@@ -27,14 +27,22 @@ impl Target {
         let mut fresh_only = false;
         let mut waiter: Option<Waiter<'_>> = None;
         // Connections by need: another one opens only for a copy that has waited about as
-        // long as an exchange takes (see `ExchangeTime`).
+        // long as an exchange takes (see `ExchangeTime`). A target whose copies go to
+        // several addresses (variables in the URL, `resolve=`) pools per address, and one
+        // address's exchanges say nothing of another's: it waits the least.
         let started = d.departed;
-        let grow_after = self.h1.exchange_time().grow_after();
+        let grow_after = if self.spec.dest.is_some() && self.resolver.is_none() {
+            self.h1.exchange_time().grow_after()
+        } else {
+            ExchangeTime::MIN_SHARED
+        };
+        // Set once the copy has waited for a connection: its exchange's time limit then
+        // runs from when it found one, not from when it left the backlog.
+        let mut has_waited = false;
         loop {
             // The clock is read again only once the copy has waited.
-            let waited = fresh_only
-                || self.limits.open() == 0
-                || (waiter.is_some() && started.elapsed() >= grow_after);
+            let waited =
+                fresh_only || self.limits.open() == 0 || (has_waited && started.elapsed() >= grow_after);
             // Leave to connect first: a place for a connection is only taken to use it.
             let permit = if waited { self.limits.try_connect() } else { None };
             match self.h1.checkout(&d.key, permit.is_some()) {
@@ -42,7 +50,7 @@ impl Target {
                     drop(permit);
                     // A pooled connection the mirror closed meanwhile fails before anything is
                     // sent; hyper hands the request back.
-                    let began = if waiter.is_none() { started } else { Instant::now() };
+                    let began = if has_waited { Instant::now() } else { started };
                     match Box::pin(self.exchange_h1(conn, req, d, true, began)).await {
                         Err(ExchangeError::Stale(back)) => {
                             req = *back;
@@ -69,16 +77,17 @@ impl Target {
             }
             match waiter.take() {
                 None => waiter = Some(self.arm()),
-                Some(mut n) if !waited => {
-                    // Until a connection comes back, or the copy has waited long enough
-                    // to open one.
-                    if tokio::time::timeout_at((started + grow_after).into(), n.as_mut()).await.is_err() {
+                Some(mut n) => {
+                    has_waited = true;
+                    // Until a connection comes back, or the copy has waited long enough to
+                    // open one (never past its deadline).
+                    let until = if waited { d.deadline } else { started + grow_after };
+                    if !self.wait(n.as_mut(), d, now_ms, until).await? {
                         // Answers that arrived in the same turn of the runtime check their
                         // connections in first.
                         tokio::task::yield_now().await;
                     }
                 }
-                Some(mut n) => self.wait(n.as_mut(), d, now_ms).await?,
             }
         }
     }
@@ -151,7 +160,9 @@ impl Target {
                     None => {
                         match waiter.take() {
                             None => waiter = Some(self.arm()),
-                            Some(mut n) => self.wait(n.as_mut(), d, now_ms).await?,
+                            Some(mut n) => {
+                                self.wait(n.as_mut(), d, now_ms, d.deadline).await?;
+                            }
                         }
                         continue;
                     }

@@ -306,19 +306,23 @@ impl Target {
         self.breaker.still_open(now_ms)
     }
 
-    /// Waits until a connection or stream may be free; `Err` when the copy should stop.
+    /// Waits until a connection or stream may be free (`Ok(true)`) or until `until`
+    /// (`Ok(false)`: time to open one), never past the copy's deadline; `Err` when the
+    /// copy should stop (its time ran out, or the breaker opened).
     pub(super) async fn wait(
         &self,
         notified: Pin<&mut tokio::sync::futures::Notified<'_>>,
         d: &Delivery<'_>,
         now_ms: &impl Fn() -> u64,
-    ) -> Result<(), Miss> {
+        until: Instant,
+    ) -> Result<bool, Miss> {
         if !d.probe && d.opts.breaker.max_fails > 0 && self.breaker.still_open(now_ms()) {
             return Err(Miss::BreakerOpen);
         }
-        let left = d.deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, notified).await {
-            Ok(()) => Ok(()),
+        let stop = until.min(d.deadline);
+        match tokio::time::timeout_at(stop.into(), notified).await {
+            Ok(()) => Ok(true),
+            Err(_) if stop < d.deadline => Ok(false),
             Err(_) => Err(Miss::Failed(Failure::new(
                 FailReason::Timeout,
                 "no connection to the mirror became free in time",
