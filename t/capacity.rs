@@ -233,7 +233,11 @@ fn grpc_calls_are_copied_over_http2() {
 /// late on a new connection.
 #[test]
 fn a_copy_waiting_for_a_connection_is_never_sent_late() {
-    let sink = Sink::with_delay(Duration::from_millis(300));
+    // The fourth copy keeps the connection busy for 3 s, long past the short copy's wait.
+    let sink = Sink::answering(|r| {
+        let ms = if r.uri.starts_with("/long-busy") { 3000 } else { 300 };
+        vec![(Duration::from_millis(ms), reply(200, &[], b"ok", false))]
+    });
     let url = sink.url();
     let locations = format!(
         "location /long {{ async_mirror {url}; async_mirror_timeout 5s; {PROXY} }}

@@ -28,10 +28,10 @@ impl Target {
         let mut waiter: Option<Waiter<'_>> = None;
         // Connections by need: another one opens only for a copy that has waited about as
         // long as an exchange takes (see `ExchangeTime`). A target whose copies go to
-        // several addresses (variables in the URL, `resolve=`) pools per address, and one
+        // several addresses (variables in its host, `resolve=`) pools per address, and one
         // address's exchanges say nothing of another's: it waits the least.
         let started = d.departed;
-        let grow_after = if self.spec.dest.is_some() && self.resolver.is_none() {
+        let grow_after = if self.spec.allowed.is_empty() && self.resolver.is_none() {
             self.h1.exchange_time().grow_after()
         } else {
             ExchangeTime::MIN_SHARED
@@ -40,7 +40,12 @@ impl Target {
         // runs from when it found one, not from when it left the backlog.
         let mut has_waited = false;
         loop {
-            // The clock is read again only once the copy has waited.
+            // The clock is read again only once the copy has waited; a copy whose wake-up
+            // came only at its deadline is not sent.
+            if has_waited && Instant::now() >= d.deadline {
+                let late = "no connection to the mirror became free in time";
+                return Err(Failure::new(FailReason::Timeout, late).into());
+            }
             let waited =
                 fresh_only || self.limits.open() == 0 || (has_waited && started.elapsed() >= grow_after);
             // Leave to connect first: a place for a connection is only taken to use it.

@@ -320,13 +320,23 @@ impl Target {
             return Err(Miss::BreakerOpen);
         }
         let stop = until.min(d.deadline);
+        let late = || {
+            Miss::Failed(Failure::new(FailReason::Timeout, "no connection to the mirror became free in time"))
+        };
         match tokio::time::timeout_at(stop.into(), notified).await {
-            Ok(()) => Ok(true),
+            // Woken: by a connection that came back, or by the breaker opening (which
+            // wakes every waiting copy to give up); and perhaps only past the deadline.
+            Ok(()) => {
+                if Instant::now() >= d.deadline {
+                    Err(late())
+                } else if !d.probe && d.opts.breaker.max_fails > 0 && self.breaker.still_open(now_ms()) {
+                    Err(Miss::BreakerOpen)
+                } else {
+                    Ok(true)
+                }
+            }
             Err(_) if stop < d.deadline => Ok(false),
-            Err(_) => Err(Miss::Failed(Failure::new(
-                FailReason::Timeout,
-                "no connection to the mirror became free in time",
-            ))),
+            Err(_) => Err(late()),
         }
     }
 }
