@@ -306,37 +306,41 @@ impl Target {
         self.breaker.still_open(now_ms)
     }
 
-    /// Waits until a connection or stream may be free (`Ok(true)`) or until `until`
-    /// (`Ok(false)`: time to open one), never past the copy's deadline; `Err` when the
-    /// copy should stop (its time ran out, or the breaker opened).
+    /// Whether the breaker keeps this copy away (the probe always goes).
+    fn kept_away(&self, d: &Delivery<'_>, now_ms: &impl Fn() -> u64) -> bool {
+        !d.probe && d.opts.breaker.max_fails > 0 && self.breaker.still_open(now_ms())
+    }
+
+    /// Waits until a connection or stream may be free, or until `until` (time to open
+    /// one), never past the copy's deadline; `Err` when the copy should stop: its time ran
+    /// out, perhaps while the runtime thread was off the CPU, or the breaker opened.
     pub(super) async fn wait(
         &self,
         notified: Pin<&mut tokio::sync::futures::Notified<'_>>,
         d: &Delivery<'_>,
         now_ms: &impl Fn() -> u64,
         until: Instant,
-    ) -> Result<bool, Miss> {
-        if !d.probe && d.opts.breaker.max_fails > 0 && self.breaker.still_open(now_ms()) {
+    ) -> Result<(), Miss> {
+        if self.kept_away(d, now_ms) {
             return Err(Miss::BreakerOpen);
         }
         let stop = until.min(d.deadline);
-        let late = || {
-            Miss::Failed(Failure::new(FailReason::Timeout, "no connection to the mirror became free in time"))
-        };
-        match tokio::time::timeout_at(stop.into(), notified).await {
-            // Woken: by a connection that came back, or by the breaker opening (which
-            // wakes every waiting copy to give up); and perhaps only past the deadline.
-            Ok(()) => {
-                if Instant::now() >= d.deadline {
-                    Err(late())
-                } else if !d.probe && d.opts.breaker.max_fails > 0 && self.breaker.still_open(now_ms()) {
-                    Err(Miss::BreakerOpen)
-                } else {
-                    Ok(true)
-                }
-            }
-            Err(_) if stop < d.deadline => Ok(false),
-            Err(_) => Err(late()),
+        let woken = tokio::time::timeout_at(stop.into(), notified).await.is_ok();
+        if !woken && stop < d.deadline {
+            // Answers that arrived in the same turn of the runtime check their
+            // connections in first.
+            tokio::task::yield_now().await;
         }
+        if (!woken && stop == d.deadline) || Instant::now() >= d.deadline {
+            return Err(Miss::Failed(Failure::new(
+                FailReason::Timeout,
+                "no connection to the mirror became free in time",
+            )));
+        }
+        // The breaker opening wakes every waiting copy, to give up.
+        if woken && self.kept_away(d, now_ms) {
+            return Err(Miss::BreakerOpen);
+        }
+        Ok(())
     }
 }
